@@ -1,0 +1,128 @@
+//! gRPC handlers. They translate between protobuf and the domain modules and hold no policy.
+//! [`ApiError::to_status`] is the one place that decides what a caller may learn from an error.
+pub mod admin;
+pub mod secrets;
+
+use crate::authz::{Authorizer, AuthzError, Caller};
+use crate::metrics::Metrics;
+use crate::secrets::{SecretStore, SecretsError};
+use crate::storage::StorageError;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Code, Request, Response, Status};
+
+/// Reloads the daemon's config; implemented by the server.
+pub trait ConfigReload: Send + Sync {
+    /// Re-reads the config file: `Ok(settings needing a restart)` or the reason it was refused.
+    fn reload(&self) -> Result<Vec<String>, String>;
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// Secrets.
+    pub store: Arc<SecretStore>,
+    /// Access decisions.
+    pub authz: Arc<dyn Authorizer>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Config reload.
+    pub reload: Arc<dyn ConfigReload>,
+    /// This replica's id.
+    pub node_id: String,
+}
+
+/// Every error a handler can produce.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Refused by the authorizer.
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+    /// From the secret store.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    /// A malformed request.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A precondition on the server side (e.g. a bad KEK file for rotation).
+    #[error("{0}")]
+    FailedPrecondition(String),
+}
+
+impl ApiError {
+    /// The status a caller sees. Messages name paths and versions, never values or policy.
+    pub fn to_status(&self) -> Status {
+        match self {
+            ApiError::Authz(e @ AuthzError::Unauthenticated) => {
+                Status::unauthenticated(e.to_string())
+            }
+            ApiError::Authz(e @ AuthzError::PermissionDenied) => {
+                Status::permission_denied(e.to_string())
+            }
+            ApiError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            ApiError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
+            ApiError::Secrets(e) => {
+                let code = match e {
+                    SecretsError::InvalidArgument(_) => Code::InvalidArgument,
+                    SecretsError::NotFound(_)
+                    | SecretsError::VersionNotFound { .. }
+                    | SecretsError::VersionDeleted { .. }
+                    | SecretsError::VersionDestroyed { .. } => Code::NotFound,
+                    SecretsError::CasMismatch { .. } => Code::FailedPrecondition,
+                    SecretsError::Integrity { .. } | SecretsError::Corrupt(_) => Code::DataLoss,
+                    SecretsError::Kek(_) => Code::FailedPrecondition,
+                    SecretsError::Contention(_) => Code::Aborted,
+                    SecretsError::Storage(StorageError::Conflict) => Code::Aborted,
+                    SecretsError::Storage(StorageError::Backend(_)) => Code::Unavailable,
+                };
+                match e {
+                    // Backend details (file names, OS errors) stay in the operator's log.
+                    SecretsError::Storage(StorageError::Backend(_)) => {
+                        Status::new(code, "storage is unavailable")
+                    }
+                    _ => Status::new(code, e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+/// What the connection says about the caller.
+pub fn caller_of<T>(req: &Request<T>) -> Caller {
+    let cert_subject = req
+        .peer_certs()
+        .and_then(|certs| certs.first().and_then(crate::tls::cert_subject));
+    Caller {
+        cert_subject,
+        peer: req.remote_addr(),
+    }
+}
+
+impl AppState {
+    /// Turns a handler's result into a response, recording metrics and logging failures.
+    pub fn finish<T>(
+        &self,
+        rpc: &'static str,
+        started: Instant,
+        result: Result<T, ApiError>,
+    ) -> Result<Response<T>, Status> {
+        match result {
+            Ok(v) => {
+                self.metrics.observe(rpc, Code::Ok, started);
+                Ok(Response::new(v))
+            }
+            Err(e) => {
+                let status = e.to_status();
+                self.metrics.observe(rpc, status.code(), started);
+                match &e {
+                    ApiError::Secrets(SecretsError::Integrity { .. })
+                    | ApiError::Secrets(SecretsError::Corrupt(_))
+                    | ApiError::Secrets(SecretsError::Storage(StorageError::Backend(_))) => {
+                        tracing::error!(rpc, error = %e, "request failed")
+                    }
+                    _ => tracing::info!(rpc, code = ?status.code(), error = %e, "request refused"),
+                }
+                Err(status)
+            }
+        }
+    }
+}

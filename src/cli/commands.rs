@@ -1,0 +1,349 @@
+//! CLI commands.
+use super::client::{connect, status_error};
+use super::Conn;
+use crate::pb;
+use anyhow::{anyhow, Context};
+use base64::Engine;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// `keygate serve`.
+pub async fn serve(config: &Path) -> i32 {
+    let cfg = match crate::config::Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return crate::EXIT_CONFIG;
+        }
+    };
+    crate::logging::init(cfg.log_format, "info");
+    run_daemon(cfg, None).await
+}
+
+async fn run_daemon(cfg: crate::config::Config, dev: Option<crate::devenv::DevPaths>) -> i32 {
+    use crate::server::{Daemon, StartError};
+    let daemon = match Daemon::start(cfg).await {
+        Ok(d) => d,
+        Err(StartError::Config(e)) => {
+            eprintln!("{e}");
+            tracing::error!(error = %e, "refusing to start");
+            return crate::EXIT_CONFIG;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            tracing::error!(error = %e, "failed to start");
+            return 1;
+        }
+    };
+    if let Some(paths) = dev {
+        if let Err(e) = seed_demo(&daemon).await {
+            eprintln!("error: seeding demo/app: {e}");
+        }
+        println!(
+            "\nkeygate dev is running: gRPC https://{grpc}, health/metrics https://{http}\n\
+             Data in {dir}/data. Next, in another shell:\n\n  \
+             . {env}\n  \
+             cargo run --release -- get demo/app\n  \
+             cargo run --release -- put demo/app username=demo password=-   # value from stdin\n  \
+             cargo run --release -- list demo/\n\n\
+             Stop with Ctrl-C.",
+            grpc = daemon.grpc_addr(),
+            http = daemon
+                .http_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
+            dir = paths.dir.display(),
+            env = paths.env_sh.display(),
+        );
+    }
+    match daemon.run_until_signalled().await {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+async fn seed_demo(daemon: &crate::server::Daemon) -> anyhow::Result<()> {
+    use crate::sensitive::{SecretBytes, SecretFields};
+    let store = daemon.store();
+    if store.metadata("demo/app").await.is_ok() {
+        return Ok(());
+    }
+    let mut pw = Zeroizing::new([0u8; 18]);
+    aws_lc_rs::rand::fill(pw.as_mut()).map_err(|_| anyhow!("random source failed"))?;
+    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pw.as_ref());
+    let fields: SecretFields = [
+        ("username".to_string(), SecretBytes::new(b"demo".to_vec())),
+        (
+            "password".to_string(),
+            SecretBytes::new(password.into_bytes()),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let opts = crate::secrets::PutOptions {
+        cas: Some(0),
+        ..Default::default()
+    };
+    store.put("demo/app", &fields, &opts).await?;
+    tracing::info!(path = "demo/app", "seeded demo secret");
+    Ok(())
+}
+
+/// `keygate dev`.
+pub async fn dev(dir: &Path, opts: crate::devenv::DevOptions) -> i32 {
+    crate::tls::install_crypto_provider();
+    let paths = match crate::devenv::init(dir, &opts) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let cfg = match crate::config::Config::load(&paths.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return crate::EXIT_CONFIG;
+        }
+    };
+    crate::logging::init(cfg.log_format, "info");
+    run_daemon(cfg, Some(paths)).await
+}
+
+/// Parses `name=value`, `name=@file`, `name=-` (at most one from stdin).
+fn parse_fields(args: &[String]) -> anyhow::Result<HashMap<String, Vec<u8>>> {
+    let mut out = HashMap::new();
+    let mut stdin_used = false;
+    for a in args {
+        let (name, v) = a.split_once('=').ok_or_else(|| {
+            anyhow!(
+                "field {:?} is not name=value",
+                a.split('=').next().unwrap_or("")
+            )
+        })?;
+        let value = if v == "-" {
+            if stdin_used {
+                return Err(anyhow!("only one field can read from stdin"));
+            }
+            stdin_used = true;
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading stdin")?;
+            if buf.ends_with(b"\n") {
+                buf.pop();
+            }
+            buf
+        } else if let Some(file) = v.strip_prefix('@') {
+            std::fs::read(file)
+                .with_context(|| format!("reading the value of {name} from {file}"))?
+        } else {
+            v.as_bytes().to_vec()
+        };
+        if out.insert(name.to_string(), value).is_some() {
+            return Err(anyhow!("field {name} given twice"));
+        }
+    }
+    Ok(out)
+}
+
+/// `keygate put`.
+pub async fn put(
+    conn: &Conn,
+    path: &str,
+    fields: &[String],
+    cas: Option<u64>,
+    max_versions: Option<u32>,
+) -> anyhow::Result<()> {
+    let fields = parse_fields(fields)?;
+    let mut c = pb::secrets_client::SecretsClient::new(connect(conn).await?);
+    let r = c
+        .put(pb::PutSecretRequest {
+            path: path.to_string(),
+            fields,
+            cas,
+            max_versions,
+            custom_metadata: Default::default(),
+            replace_custom_metadata: false,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!("{} version {}", r.path, r.version);
+    Ok(())
+}
+
+fn printable(v: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(v) {
+        Ok(s) => serde_json::Value::String(s.to_string()),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(v) })
+        }
+    }
+}
+
+/// `keygate get`.
+pub async fn get(
+    conn: &Conn,
+    path: &str,
+    version: Option<u64>,
+    field: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut c = pb::secrets_client::SecretsClient::new(connect(conn).await?);
+    let r = c
+        .get(pb::GetSecretRequest {
+            path: path.to_string(),
+            version: version.unwrap_or(0),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    if let Some(f) = field {
+        let v = r
+            .fields
+            .get(f)
+            .ok_or_else(|| anyhow!("secret {path} version {} has no field {f:?}", r.version))?;
+        out.write_all(v)?;
+        out.write_all(b"\n")?;
+        return Ok(());
+    }
+    let mut names: Vec<&String> = r.fields.keys().collect();
+    names.sort();
+    if json {
+        let fields: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .map(|k| ((*k).clone(), printable(&r.fields[*k])))
+            .collect();
+        let doc = serde_json::json!({ "path": r.path, "version": r.version, "fields": fields });
+        writeln!(out, "{doc}")?;
+    } else {
+        writeln!(out, "path     {}", r.path)?;
+        writeln!(out, "version  {}", r.version)?;
+        for k in names {
+            let v = &r.fields[k];
+            writeln!(out, "{k}={}", String::from_utf8_lossy(v))?;
+        }
+    }
+    Ok(())
+}
+
+/// `keygate list`.
+pub async fn list(conn: &Conn, prefix: &str, json: bool) -> anyhow::Result<()> {
+    let mut c = pb::secrets_client::SecretsClient::new(connect(conn).await?);
+    let r = c
+        .list(pb::ListSecretsRequest {
+            prefix: prefix.to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    for s in r.secrets {
+        if json {
+            let doc = serde_json::json!({
+                "path": s.path,
+                "current_version": s.current_version,
+                "oldest_version": s.oldest_version,
+                "max_versions": s.max_versions,
+                "versions": s.versions.len(),
+            });
+            writeln!(out, "{doc}")?;
+        } else {
+            writeln!(out, "{}\tversion {}", s.path, s.current_version)?;
+        }
+    }
+    Ok(())
+}
+
+/// Which version operation.
+pub enum VersionOp {
+    /// Soft delete.
+    Delete,
+    /// Restore.
+    Undelete,
+    /// Erase.
+    Destroy,
+}
+
+/// `keygate delete|undelete|destroy`.
+pub async fn versions(
+    conn: &Conn,
+    op: VersionOp,
+    path: &str,
+    versions: Vec<u64>,
+) -> anyhow::Result<()> {
+    let mut c = pb::secrets_client::SecretsClient::new(connect(conn).await?);
+    let req = pb::VersionsRequest {
+        path: path.to_string(),
+        versions,
+    };
+    let (verb, r) = match op {
+        VersionOp::Delete => ("deleted", c.delete(req).await),
+        VersionOp::Undelete => ("undeleted", c.undelete(req).await),
+        VersionOp::Destroy => ("destroyed", c.destroy(req).await),
+    };
+    let m = r.map_err(status_error)?.into_inner();
+    println!("{verb}: {} (current version {})", m.path, m.current_version);
+    Ok(())
+}
+
+/// `keygate admin rotate-kek`.
+pub async fn rotate_kek(conn: &Conn, new_kek: &Path) -> anyhow::Result<()> {
+    let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
+    let r = c
+        .rotate_kek(pb::RotateKekRequest {
+            new_kek_file: new_kek.display().to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "KEK rotated: {} -> {}, {} data keys rewrapped.\nSet kek.file = {:?} in the config before the next restart.",
+        r.old_kek_id,
+        r.new_kek_id,
+        r.rewrapped,
+        new_kek.display().to_string()
+    );
+    Ok(())
+}
+
+/// `keygate admin reload`.
+pub async fn reload(conn: &Conn) -> anyhow::Result<()> {
+    let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
+    let r = c
+        .reload_config(pb::ReloadConfigRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if r.needs_restart.is_empty() {
+        println!("config reloaded");
+    } else {
+        println!(
+            "config reloaded; these take effect after a restart: {}",
+            r.needs_restart.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// `keygate admin info`.
+pub async fn info(conn: &Conn) -> anyhow::Result<()> {
+    let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
+    let r = c
+        .server_info(pb::ServerInfoRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "version  {}\nnode_id  {}\nstorage  {}\nkek_id   {}\nsecrets  {}",
+        r.version, r.node_id, r.storage_backend, r.kek_id, r.secrets
+    );
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! keygate: a secrets and workload-identity broker.
+//!
+//! Modules by trust boundary: `config` (typed settings), `tls` (rustls setup), `storage` (the
+//! trait and its backends), `secrets` (versioned store, envelope encryption), `authz` (who may do
+//! what), `api` (gRPC handlers only; the one place errors become `tonic::Status`), `server`
+//! (the daemon), `cli` (the command line), `devenv` (`keygate dev`).
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod authz;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod devenv;
+pub mod logging;
+pub mod metrics;
+pub mod pb;
+pub mod secrets;
+pub mod sensitive;
+pub mod server;
+pub mod storage;
+pub mod tls;
+
+/// Exit code for a bad config or bad usage (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;

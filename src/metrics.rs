@@ -1,0 +1,152 @@
+//! Prometheus metrics, served as text on `/metrics`.
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::time::Instant;
+
+/// Labels of a request counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcStatus {
+    /// Full RPC name (`keygate.v1.Secrets/Get`) or HTTP path.
+    pub rpc: String,
+    /// gRPC status code name (`OK`, `NOT_FOUND`, …).
+    pub code: String,
+}
+
+/// Label of a latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Rpc {
+    /// Full RPC name.
+    pub rpc: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~1.6 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+/// Every metric keygate exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RpcStatus, Counter>,
+    latency: Family<Rpc, Histogram, fn() -> Histogram>,
+    /// Secrets stored (set at scrape time).
+    pub store_secrets: Gauge,
+    /// Keys in the store (set at scrape time).
+    pub store_keys: Gauge,
+    /// Store size on disk (set at scrape time).
+    pub store_bytes: Gauge,
+    /// Config reloads by outcome.
+    pub config_reloads: Family<Vec<(String, String)>, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("keygate");
+        let requests = Family::<RpcStatus, Counter>::default();
+        let latency: Family<Rpc, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let store_secrets = Gauge::default();
+        let store_keys = Gauge::default();
+        let store_bytes = Gauge::default();
+        let config_reloads = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by RPC and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Request latency by RPC",
+            latency.clone(),
+        );
+        registry.register("store_secrets", "Secrets stored", store_secrets.clone());
+        registry.register("store_keys", "Keys in the store", store_keys.clone());
+        registry.register(
+            "store_disk_bytes",
+            "Store size on disk",
+            store_bytes.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome",
+            config_reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            store_secrets,
+            store_keys,
+            store_bytes,
+            config_reloads,
+        }
+    }
+
+    /// Records one finished request.
+    pub fn observe(&self, rpc: &str, code: tonic::Code, started: Instant) {
+        self.requests
+            .get_or_create(&RpcStatus {
+                rpc: rpc.to_string(),
+                code: code_name(code).to_string(),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&Rpc {
+                rpc: rpc.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts a config reload.
+    pub fn reload(&self, ok: bool) {
+        self.config_reloads
+            .get_or_create(&vec![(
+                "outcome".to_string(),
+                if ok { "ok" } else { "refused" }.to_string(),
+            )])
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The canonical gRPC name of a status code.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}

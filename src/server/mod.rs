@@ -1,0 +1,284 @@
+//! The daemon: wires config, store, authorizer and handlers, serves gRPC and HTTPS, reloads on
+//! SIGHUP and shuts down gracefully on SIGTERM/SIGINT.
+pub mod http;
+
+use crate::api::{admin::AdminApi, secrets::SecretsApi, AppState, ConfigReload};
+use crate::authz::AdminCertAuthorizer;
+use crate::clock::SystemClock;
+use crate::config::{Config, ConfigError, KekSource, StorageConfig};
+use crate::metrics::Metrics;
+use crate::pb;
+use crate::secrets::envelope::Kek;
+use crate::secrets::{SecretStore, SecretsError};
+use crate::storage::{SledStorage, Storage};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is wrong (exit code 64).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Anything else (exit code 1).
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Reloader {
+    path: PathBuf,
+    current: RwLock<Config>,
+    authz: Arc<AdminCertAuthorizer>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConfigReload for Reloader {
+    fn reload(&self) -> Result<Vec<String>, String> {
+        match Config::load(&self.path) {
+            Ok(new) => {
+                let mut cur = self
+                    .current
+                    .write()
+                    .map_err(|_| "config lock poisoned".to_string())?;
+                let restart = new.restart_needed(&cur);
+                self.authz.set_subjects(new.admin_subjects.clone());
+                *cur = new;
+                self.metrics.reload(true);
+                tracing::info!(needs_restart = ?restart, "config reloaded");
+                Ok(restart)
+            }
+            Err(e) => {
+                self.metrics.reload(false);
+                tracing::error!(error = %e, "config reload refused; the running config stays");
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    store: Arc<SecretStore>,
+    grpc_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    shutdown_tx: watch::Sender<bool>,
+    accepting: Arc<AtomicBool>,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: Option<JoinHandle<()>>,
+    reload: Arc<Reloader>,
+    grace: std::time::Duration,
+}
+
+fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
+    let err = |key: &str, m: String| ConfigError {
+        file: config.path.clone(),
+        line: None,
+        key: Some(key.to_string()),
+        message: m,
+    };
+    match &config.kek {
+        KekSource::File(p) => crate::secrets::kek::load_file(p).map_err(|m| err("kek.file", m)),
+        KekSource::Env(v) => crate::secrets::kek::load_env(v).map_err(|m| err("kek.env", m)),
+    }
+}
+
+impl Daemon {
+    /// Opens the store and starts both listeners.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
+        let storage: Arc<dyn Storage> = match &config.storage {
+            StorageConfig::Sled { path } => Arc::new(
+                SledStorage::open(path)
+                    .map_err(|e| StartError::Other(format!("storage.path: {e}")))?,
+            ),
+        };
+        let kek = kek_from(&config)?;
+        let store = match SecretStore::open(storage, kek, Arc::new(SystemClock)).await {
+            Ok(s) => Arc::new(s),
+            Err(SecretsError::Kek(m)) => {
+                return Err(ConfigError {
+                    file: config.path.clone(),
+                    line: None,
+                    key: Some("kek".into()),
+                    message: m,
+                }
+                .into())
+            }
+            Err(e) => return Err(StartError::Other(e.to_string())),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let authz = Arc::new(AdminCertAuthorizer::new(config.admin_subjects.clone()));
+        let reload = Arc::new(Reloader {
+            path: config.path.clone(),
+            current: RwLock::new(config.clone()),
+            authz: authz.clone(),
+            metrics: metrics.clone(),
+        });
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            authz,
+            metrics: metrics.clone(),
+            reload: reload.clone(),
+            node_id: config.server.node_id.clone(),
+        });
+
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let accepting = Arc::new(AtomicBool::new(true));
+
+        let grpc_listener = TcpListener::bind(config.server.grpc_listen)
+            .await
+            .map_err(|e| {
+                StartError::Other(format!(
+                    "server.grpc_listen {}: {e}",
+                    config.server.grpc_listen
+                ))
+            })?;
+        let grpc_addr = grpc_listener
+            .local_addr()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let tls = crate::tls::grpc_server_config(&config.tls).map_err(StartError::Other)?;
+        let max = config.server.max_message_bytes;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::secrets_server::SecretsServer<SecretsApi>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::admin_server::AdminServer<AdminApi>>()
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        let router = tonic::transport::Server::builder()
+            .tls_config(tls)
+            .map_err(|e| StartError::Other(format!("tls: {e}")))?
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(
+                pb::secrets_server::SecretsServer::new(SecretsApi::new(state.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                pb::admin_server::AdminServer::new(AdminApi::new(state.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            );
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let mut rx = shutdown_rx.clone();
+        let grpc_task = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await
+        });
+
+        let (http_addr, http_task) = match config.server.http_listen {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| StartError::Other(format!("server.http_listen {addr}: {e}")))?;
+                let bound = l
+                    .local_addr()
+                    .map_err(|e| StartError::Other(e.to_string()))?;
+                let tls = crate::tls::http_server_config(&config.tls).map_err(StartError::Other)?;
+                let hs = http::HttpState {
+                    store: store.clone(),
+                    metrics,
+                    accepting: accepting.clone(),
+                };
+                let task = tokio::spawn(http::serve(l, tls, hs, shutdown_rx.clone()));
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        tracing::info!(
+            grpc = %grpc_addr,
+            http = ?http_addr,
+            node_id = %config.server.node_id,
+            storage = store.storage().backend(),
+            kek_id = %store.kek_id().await,
+            "keygate serving"
+        );
+        Ok(Self {
+            store,
+            grpc_addr,
+            http_addr,
+            shutdown_tx,
+            accepting,
+            grpc_task,
+            http_task,
+            reload,
+            grace: config.server.shutdown_grace,
+        })
+    }
+
+    /// The secret store (for seeding in `keygate dev`).
+    pub fn store(&self) -> &Arc<SecretStore> {
+        &self.store
+    }
+
+    /// Bound gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Bound HTTPS address.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Serves until SIGTERM/SIGINT (reloading on SIGHUP), then shuts down gracefully.
+    pub async fn run_until_signalled(self) -> Result<(), StartError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let sig = |k| signal(k).map_err(|e| StartError::Other(format!("signal handler: {e}")));
+        let mut term = sig(SignalKind::terminate())?;
+        let mut int = sig(SignalKind::interrupt())?;
+        let mut hup = sig(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading config");
+                    let _ = self.reload.reload();
+                }
+            }
+        }
+        self.shutdown().await
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), flushes the store.
+    pub async fn shutdown(self) -> Result<(), StartError> {
+        self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.shutdown_tx.send(true);
+        let mut grpc_task = self.grpc_task;
+        match tokio::time::timeout(self.grace, &mut grpc_task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "grpc server error"),
+            Ok(Err(e)) => tracing::error!(error = %e, "grpc server task failed"),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "grace period over: closing remaining connections");
+                grpc_task.abort();
+            }
+        }
+        if let Some(t) = self.http_task {
+            t.abort();
+        }
+        self.store
+            .storage()
+            .flush()
+            .await
+            .map_err(|e| StartError::Other(format!("final flush failed: {e}")))?;
+        tracing::info!("keygate stopped; store flushed");
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! The storage seam: an ordered key-value store with atomic conditional transactions, prefix
+//! scans and a change-notification stream. sled (embedded, default) implements it now;
+//! PostgreSQL (scale-out) implements the same trait and runs the same conformance suite
+//! (`tests/common/storage_conformance.rs`).
+//!
+//! Contract every implementation keeps:
+//! - `commit` is atomic (all writes or none) and applies only if every condition holds at commit
+//!   time; otherwise it returns [`StorageError::Conflict`] and changes nothing.
+//! - `commit` returns `Ok` only once the writes are durable (survive a kill -9).
+//! - After a successful commit, its `notify` payload is delivered to every subscriber; a failed
+//!   commit delivers nothing.
+//! - `scan_prefix` returns keys in ascending byte order.
+
+pub mod sled_store;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+pub use sled_store::SledStorage;
+
+/// What a storage operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A condition of the transaction did not hold; nothing was written.
+    #[error("storage conflict: the data changed concurrently")]
+    Conflict,
+    /// The backend failed (I/O, disk full, connection lost).
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// One atomic, conditional unit of writes.
+#[derive(Debug, Default, Clone)]
+pub struct Txn {
+    /// Each key must currently hold exactly this value (`None` = must be absent).
+    pub conditions: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Writes applied in order (`None` = delete).
+    pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Delivered to subscribers once the commit is durable.
+    pub notify: Option<Vec<u8>>,
+}
+
+impl Txn {
+    /// Requires `key` to hold `value` (`None`: absent) when the transaction commits.
+    pub fn expect(mut self, key: impl Into<Vec<u8>>, value: Option<Vec<u8>>) -> Self {
+        self.conditions.push((key.into(), value));
+        self
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(mut self, key: impl Into<Vec<u8>>, value: Vec<u8>) -> Self {
+        self.writes.push((key.into(), Some(value)));
+        self
+    }
+
+    /// Removes `key`.
+    pub fn delete(mut self, key: impl Into<Vec<u8>>) -> Self {
+        self.writes.push((key.into(), None));
+        self
+    }
+
+    /// Attaches a change notification.
+    pub fn notify(mut self, payload: Vec<u8>) -> Self {
+        self.notify = Some(payload);
+        self
+    }
+}
+
+/// Sizes reported on `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreStats {
+    /// Number of keys.
+    pub keys: u64,
+    /// Bytes the store occupies on disk (0 where not known).
+    pub bytes_on_disk: u64,
+}
+
+/// An ordered key-value store, the only thing keygate persists through.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// A short name for logs and metrics ("sled", "postgres").
+    fn backend(&self) -> &'static str;
+    /// Reads one key.
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+    /// All keys starting with `prefix`, ascending.
+    async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
+    /// Applies `txn` atomically and durably, or returns `Conflict` and changes nothing.
+    async fn commit(&self, txn: Txn) -> Result<(), StorageError>;
+    /// A stream of the `notify` payloads of committed transactions.
+    fn subscribe(&self) -> broadcast::Receiver<Vec<u8>>;
+    /// Makes everything written so far durable.
+    async fn flush(&self) -> Result<(), StorageError>;
+    /// Sizes for metrics.
+    async fn stats(&self) -> Result<StoreStats, StorageError>;
+}

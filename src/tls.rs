@@ -1,0 +1,88 @@
+//! rustls setup (aws-lc-rs provider only): PEM loading, server configs, client-cert identity.
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    // Err only means one is already installed, which is what we want.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Reads a PEM certificate chain; the error says what is wrong with the file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8, PKCS#1 or SEC1).
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{}: no usable PEM private key: {e}", path.display()))
+}
+
+/// The rustls server config for the HTTPS side listener: the same certificate, key and
+/// optional client CA as the gRPC listener.
+pub fn http_server_config(
+    cfg: &crate::config::TlsConfig,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &cfg.client_ca_file {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in load_certs(ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| e.to_string())?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(load_certs(&cfg.cert_file)?, load_key(&cfg.key_file)?)
+        .map_err(|e| format!("{}: {e}", cfg.key_file.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The tonic server TLS config: certificate and key, and with a client CA, optional client
+/// certificates (anonymous connections reach health and reflection; the authorizer refuses
+/// them everywhere else with a clear status).
+pub fn grpc_server_config(
+    cfg: &crate::config::TlsConfig,
+) -> Result<tonic::transport::ServerTlsConfig, String> {
+    let cert = std::fs::read(&cfg.cert_file).map_err(|e| e.to_string())?;
+    let key = std::fs::read(&cfg.key_file).map_err(|e| e.to_string())?;
+    let mut tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(cert, key));
+    if let Some(ca) = &cfg.client_ca_file {
+        let ca = std::fs::read(ca).map_err(|e| e.to_string())?;
+        tls = tls
+            .client_ca_root(tonic::transport::Certificate::from_pem(ca))
+            .client_auth_optional(true);
+    }
+    Ok(tls)
+}
+
+/// The subject of a (verified) client certificate, normalised like config subjects.
+pub fn cert_subject(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(crate::config::normalize_dn(&cert.subject().to_string()))
+}
