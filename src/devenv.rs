@@ -169,8 +169,14 @@ format = "text"
         write_public(&paths.config, &config)?;
     }
     let grpc = crate::config::Config::load(&paths.config)
-        .map(|c| c.server.grpc_listen.to_string())
+        .map(|c| c.server.grpc_listen)
         .map_err(|e| e.to_string())?;
+    write_env(&paths, grpc)?;
+    Ok(paths)
+}
+
+/// Writes `env.sh` for a daemon listening on `grpc`.
+pub fn write_env(paths: &DevPaths, grpc: std::net::SocketAddr) -> Result<(), String> {
     let env = format!(
         "# Source this file: . {env}\nexport KEYGATE_ADDR=https://{grpc}\nexport KEYGATE_CACERT={ca}\nexport KEYGATE_CLIENT_CERT={cert}\nexport KEYGATE_CLIENT_KEY={key}\n",
         env = paths.env_sh.display(),
@@ -178,6 +184,5 @@ format = "text"
         cert = paths.admin_cert.display(),
         key = paths.admin_key.display(),
     );
-    write_public(&paths.env_sh, &env)?;
-    Ok(paths)
+    write_public(&paths.env_sh, &env)
 }

@@ -29,6 +29,8 @@ pub struct AppState {
     pub reload: Arc<dyn ConfigReload>,
     /// This replica's id.
     pub node_id: String,
+    /// Turns true when the daemon shuts down; open streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Every error a handler can produce.

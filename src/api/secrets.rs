@@ -246,10 +246,12 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let wanted = move |ev: &ChangeEvent| {
             paths.contains(&ev.path) || prefixes.iter().any(|p| ev.path.starts_with(p))
         };
+        let shutdown = self.state.shutdown.clone();
         let stream = futures::stream::unfold(
             (rx, std::collections::VecDeque::<ChangeEvent>::new(), false),
             move |(mut rx, mut pending, done)| {
                 let wanted = wanted.clone();
+                let mut shutdown = shutdown.clone();
                 async move {
                     if done {
                         return None;
@@ -264,7 +266,14 @@ impl pb::secrets_server::Secrets for SecretsApi {
                             };
                             return Some((Ok(item), (rx, pending, false)));
                         }
-                        match rx.recv().await {
+                        let next = tokio::select! {
+                            r = rx.recv() => r,
+                            _ = shutdown.wait_for(|v| *v) => {
+                                let st = Status::unavailable("keygate is shutting down; reconnect");
+                                return Some((Err(st), (rx, pending, true)));
+                            }
+                        };
+                        match next {
                             Ok(payload) => {
                                 let evs: Vec<ChangeEvent> =
                                     serde_json::from_slice(&payload).unwrap_or_default();

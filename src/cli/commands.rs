@@ -38,6 +38,9 @@ async fn run_daemon(cfg: crate::config::Config, dev: Option<crate::devenv::DevPa
         }
     };
     if let Some(paths) = dev {
+        if let Err(e) = crate::devenv::write_env(&paths, daemon.grpc_addr()) {
+            eprintln!("error: {e}");
+        }
         if let Err(e) = seed_demo(&daemon).await {
             eprintln!("error: seeding demo/app: {e}");
         }

@@ -119,15 +119,16 @@ impl Daemon {
             authz: authz.clone(),
             metrics: metrics.clone(),
         });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             store: store.clone(),
             authz,
             metrics: metrics.clone(),
             reload: reload.clone(),
             node_id: config.server.node_id.clone(),
+            shutdown: shutdown_rx.clone(),
         });
 
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let accepting = Arc::new(AtomicBool::new(true));
 
         let grpc_listener = TcpListener::bind(config.server.grpc_listen)
@@ -202,7 +203,7 @@ impl Daemon {
         };
         tracing::info!(
             grpc = %grpc_addr,
-            http = ?http_addr,
+            http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
             node_id = %config.server.node_id,
             storage = store.storage().backend(),
             kek_id = %store.kek_id().await,
