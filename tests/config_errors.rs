@@ -1,0 +1,217 @@
+//! Bad config: each mistake is refused with a message naming the key (and line), exit code 64.
+//! SIGHUP re-reads the config; a broken file is refused and the daemon keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn serve_with(env: &TestEnv) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&env.paths.config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn edit(env: &TestEnv, f: impl Fn(String) -> String) {
+    let text = std::fs::read_to_string(&env.paths.config).unwrap();
+    let new = f(text.clone());
+    assert_ne!(new, text, "the edit changed nothing");
+    std::fs::write(&env.paths.config, new).unwrap();
+}
+
+#[test]
+fn bad_config_matrix() {
+    struct Case {
+        name: &'static str,
+        edit: fn(String) -> String,
+        expect: &'static [&'static str],
+    }
+    let cases = [
+        Case {
+            name: "unknown key",
+            edit: |t| {
+                t.replace(
+                    "node_id = \"dev-1\"",
+                    "node_id = \"dev-1\"\nnode_idd = \"x\"",
+                )
+            },
+            expect: &[
+                "line 6",
+                "key `server.node_idd`",
+                "unknown field `node_idd`",
+            ],
+        },
+        Case {
+            name: "wrong type",
+            edit: |t| {
+                t.replace(
+                    "node_id = \"dev-1\"",
+                    "node_id = \"dev-1\"\nmax_message_bytes = \"big\"",
+                )
+            },
+            expect: &["line 6", "key `server.max_message_bytes`", "invalid type"],
+        },
+        Case {
+            name: "bad address",
+            edit: |t| {
+                t.replace(
+                    "grpc_listen = \"127.0.0.1:0\"",
+                    "grpc_listen = \"localhost\"",
+                )
+            },
+            expect: &["line 3", "key `server.grpc_listen`", "not an address"],
+        },
+        Case {
+            name: "missing cert file",
+            edit: |t| t.replace("cert_file = \"server.pem\"", "cert_file = \"nope.pem\""),
+            expect: &["key `tls.cert_file`", "line 8", "nope.pem", "No such file"],
+        },
+        Case {
+            name: "not a certificate",
+            edit: |t| t.replace("cert_file = \"server.pem\"", "cert_file = \"keygate.toml\""),
+            expect: &["key `tls.cert_file`", "no certificate found"],
+        },
+        Case {
+            name: "unknown backend",
+            edit: |t| t.replace("backend = \"sled\"", "backend = \"mongo\""),
+            expect: &["key `storage.backend`", "unknown backend \"mongo\""],
+        },
+        Case {
+            name: "both kek sources",
+            edit: |t| t.replace("file = \"kek\"", "file = \"kek\"\nenv = \"X\""),
+            expect: &["key `kek`", "exactly one of kek.file or kek.env"],
+        },
+        Case {
+            name: "missing section",
+            edit: |t| t.replace("[tls]", "[tlz]"),
+            expect: &["unknown field `tlz`"],
+        },
+        Case {
+            name: "admin without client CA",
+            edit: |t| t.replace("client_ca_file = \"ca.pem\"\n", ""),
+            expect: &["key `admin.subjects`", "tls.client_ca_file"],
+        },
+    ];
+    for case in cases {
+        let env = TestEnv::new();
+        edit(&env, case.edit);
+        let (code, stderr) = serve_with(&env);
+        assert_eq!(code, 64, "{}: exit code (stderr: {stderr})", case.name);
+        for e in case.expect {
+            assert!(stderr.contains(e), "{}: {e:?} not in {stderr:?}", case.name);
+        }
+        assert!(
+            !env.data_dir().exists(),
+            "{}: a bad config must not half-start",
+            case.name
+        );
+    }
+
+    // KEK file readable by others
+    let env = TestEnv::new();
+    let kek = env.paths.dir.join("kek");
+    std::fs::set_permissions(&kek, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = serve_with(&env);
+    assert_eq!(code, 64, "{stderr}");
+    for e in ["key `kek.file`", "line 17", "mode 644", "chmod 600"] {
+        assert!(stderr.contains(e), "{e:?} not in {stderr:?}");
+    }
+
+    // KEK from an unset environment variable
+    let env = TestEnv::new();
+    edit(&env, |t| {
+        t.replace("file = \"kek\"", "env = \"KEYGATE_TEST_UNSET_KEK\"")
+    });
+    let (code, stderr) = serve_with(&env);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(
+        stderr.contains("key `kek.env`") && stderr.contains("is not set"),
+        "{stderr}"
+    );
+
+    // A file that does not exist
+    let out = Command::new(BIN)
+        .args(["serve", "--config", "/nonexistent/keygate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the file"));
+}
+
+fn wait_for_log(d: &Daemon, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if d.log_text().contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("log never said {needle:?}:\n{}", d.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reload_keeps_serving_on_a_broken_file_and_applies_a_good_one() {
+    let env = TestEnv::new();
+    let d = env.start();
+    assert!(env.cli(&d, &["put", "hup/a", "v=1"]).status.success());
+    let good = std::fs::read_to_string(&env.paths.config).unwrap();
+
+    // Broken file: refused, logged, old config stays, daemon serves.
+    std::fs::write(&env.paths.config, good.replace("[admin]", "[admin\nbroken")).unwrap();
+    d.signal("HUP");
+    wait_for_log(&d, "config reload refused");
+    let out = env.cli(&d, &["get", "hup/a", "--field", "v"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same through Admin.ReloadConfig.
+    let out = env.cli(&d, &["admin", "reload"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("FAILED_PRECONDITION") && stderr.contains("line"),
+        "{stderr}"
+    );
+    assert!(env.cli(&d, &["get", "hup/a"]).status.success());
+
+    // A good file that changes [admin] applies at once: the admin is no longer listed.
+    std::fs::write(
+        &env.paths.config,
+        good.replace("CN=keygate-admin", "CN=someone-else"),
+    )
+    .unwrap();
+    d.signal("HUP");
+    wait_for_log(&d, "config reloaded");
+    let out = env.cli(&d, &["get", "hup/a"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+    let (code, metrics) = https_get(&env, d.http, "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains(r#"keygate_config_reloads_total{outcome="refused"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keygate_config_reloads_total{outcome="ok"} 1"#),
+        "{metrics}"
+    );
+
+    // A change to a restart-only setting is reported as such.
+    std::fs::write(
+        &env.paths.config,
+        good.replace("node_id = \"dev-1\"", "node_id = \"dev-2\""),
+    )
+    .unwrap();
+    d.signal("HUP");
+    wait_for_log(&d, r#""needs_restart":"[\"server\"]""#);
+    assert_eq!(d.stop(), 0);
+}
