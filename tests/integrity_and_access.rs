@@ -294,3 +294,17 @@ async fn kill9_right_after_an_acknowledged_put_loses_nothing() {
     assert_eq!(d.stop(), 0);
     env.assert_logs_free_of(&values);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_data_directory_is_refused() {
+    let env = TestEnv::new();
+    let d = env.start();
+    let second = env.try_start();
+    let Err(log) = second else {
+        panic!("two daemons opened one data directory");
+    };
+    assert!(log.contains("storage.path"), "{log}");
+    // the first one is unaffected
+    assert!(env.cli(&d, &["put", "lock/a", "v=1"]).status.success());
+    assert_eq!(d.stop(), 0);
+}

@@ -74,7 +74,7 @@ impl Storage for SledStorage {
             Err(TransactionError::Storage(e)) => return Err(backend(e)),
         }
         // Acknowledge only what survives a crash.
-        self.db.flush_async().await.map_err(backend)?;
+        self.flush().await?;
         if let Some(payload) = txn.notify {
             // No subscribers is not an error.
             let _ = self.events.send(payload);
@@ -87,7 +87,14 @@ impl Storage for SledStorage {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await.map(|_| ()).map_err(backend)
+        // sled's `flush_async` was seen to hang with two databases in one process; a
+        // blocking flush on the blocking pool does not (and concurrent flushes coalesce).
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(backend)?
+            .map(|_| ())
+            .map_err(backend)
     }
 
     async fn stats(&self) -> Result<StoreStats, StorageError> {
