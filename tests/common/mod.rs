@@ -255,6 +255,15 @@ impl Daemon {
         st.code().unwrap_or(-1)
     }
 
+    /// Waits for exit (after a signal sent elsewhere); returns the exit code.
+    pub fn wait(mut self) -> i32 {
+        let st = self.child.wait().unwrap();
+        if let Some(r) = self.reader.take() {
+            r.join().unwrap();
+        }
+        st.code().unwrap_or(-1)
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();

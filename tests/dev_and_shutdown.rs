@@ -1,0 +1,234 @@
+//! `keygate dev` from nothing to a working system, graceful shutdown, and the log check.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::*;
+use keygate::pb;
+use keygate::pb::secrets_client::SecretsClient;
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct DevRun {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+}
+
+fn start_dev(dir: &std::path::Path, log: std::path::PathBuf) -> DevRun {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--dir"])
+        .arg(dir)
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("KEYGATE_LOG", LOG_LEVEL)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        std::fs::write(log, buf).unwrap();
+    });
+    let out = child.stdout.take().unwrap();
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let so = stdout.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("keygate dev is running") {
+                let _ = tx.send(());
+            }
+            so.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("keygate dev did not start");
+    DevRun { child, stdout }
+}
+
+fn env_sh(dir: &std::path::Path) -> HashMap<String, String> {
+    std::fs::read_to_string(dir.join("env.sh"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("export "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn cli_from_env_sh(
+    dir: &std::path::Path,
+    args: &[&str],
+    log: std::path::PathBuf,
+) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env_sh(dir))
+        .env("KEYGATE_LOG", LOG_LEVEL)
+        .output()
+        .unwrap();
+    std::fs::write(log, &out.stderr).unwrap();
+    out
+}
+
+#[test]
+fn dev_starts_seeds_reuses_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("keygate-dev");
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+
+    let mut run = start_dev(&dir, logs.join("dev1.log"));
+    let printed = run.stdout.lock().unwrap().clone();
+    assert!(
+        printed.contains("env.sh") && printed.contains("get demo/app"),
+        "{printed}"
+    );
+    for f in [
+        "ca.pem",
+        "server.pem",
+        "admin.pem",
+        "kek",
+        "keygate.toml",
+        "env.sh",
+    ] {
+        assert!(dir.join(f).exists(), "{f}");
+    }
+    for f in ["kek", "ca-key.pem", "server-key.pem", "admin-key.pem"] {
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let out = cli_from_env_sh(&dir, &["get", "demo/app", "--json"], logs.join("cli1.log"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["fields"]["username"], "demo");
+    let password = v["fields"]["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 20);
+
+    // Ctrl-C stops it cleanly
+    Command::new("kill")
+        .args(["-INT", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+
+    // Re-running reuses the directory and its data: same CA, same secret, not re-seeded.
+    let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
+    let mut run = start_dev(&dir, logs.join("dev2.log"));
+    assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), ca_before);
+    let out = cli_from_env_sh(
+        &dir,
+        &["get", "demo/app", "--field", "password"],
+        logs.join("cli2.log"),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{password}\n")
+    );
+    let out = cli_from_env_sh(&dir, &["list", "demo/"], logs.join("cli3.log"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "demo/app\tversion 1\n"
+    );
+    Command::new("kill")
+        .args(["-TERM", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+    std::thread::sleep(Duration::from_millis(200));
+
+    // The generated password never reached any log of either run.
+    let finder = aho_corasick::AhoCorasick::new(encodings(&password)).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(&logs).unwrap() {
+        let text = std::fs::read(e.unwrap().path()).unwrap();
+        n += 1;
+        assert!(
+            finder.find(&text).is_none(),
+            "the demo password is in a log"
+        );
+    }
+    assert_eq!(n, 5);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish_and_loses_no_acknowledged_write() {
+    let env = TestEnv::new();
+    let d = env.start();
+    let chan = env.admin_channel(&d).await;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let (chan, acked) = (chan.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = SecretsClient::new(chan);
+            for i in 0.. {
+                let path = format!("g/t{t}/s{i}");
+                let r = c
+                    .put(pb::PutSecretRequest {
+                        path: path.clone(),
+                        fields: HashMap::from([("v".to_string(), path.as_bytes().to_vec())]),
+                        ..Default::default()
+                    })
+                    .await;
+                match r {
+                    Ok(_) => acked.lock().unwrap().push(path),
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.signal("TERM");
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(d.wait(), 0, "clean exit after SIGTERM");
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "writes were in flight: {}", acked.len());
+    let d = env.start();
+    let mut c = SecretsClient::new(env.admin_channel(&d).await);
+    for path in &acked {
+        let got = c
+            .get(pb::GetSecretRequest {
+                path: path.clone(),
+                version: 0,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{path} acknowledged but lost: {e}"))
+            .into_inner();
+        assert_eq!(got.fields["v"], path.as_bytes());
+    }
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+#[should_panic(expected = "secret marker")]
+fn the_log_check_finds_a_planted_secret() {
+    let env = TestEnv::new();
+    let m = marker("planted");
+    use base64::Engine;
+    // planted base64-encoded at an odd offset, as a leaked `{:?}` of bytes might be
+    let leaked = base64::engine::general_purpose::STANDARD.encode(format!("x{m}"));
+    std::fs::write(
+        env.logs.join("planted.log"),
+        format!("level=INFO value={leaked}\n"),
+    )
+    .unwrap();
+    env.assert_logs_free_of(&[m]);
+}
