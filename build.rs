@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keygate.v1.ExchangeRequest",
             "keygate.v1.ExchangeResponse",
             "keygate.v1.DatabaseCredential",
+            "keygate.v1.RenewLeaseResponse",
+            "keygate.v1.ExplainRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -3,7 +3,11 @@
 //! Parse, don't validate: raw TOML with unknown keys refused → [`Config`], whose constructor checks
 //! every file it names (certificates parse, the KEK file is private). Every error names the key
 //! and, where known, the line. `config/keygate.toml` documents every key.
+use crate::identity::issuer::{self, IssuerConfig, KeySource};
+use crate::policy::scope::Scope;
+use crate::policy::{Matcher, Platform, Role};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +53,135 @@ struct Raw {
     admin: RawAdmin,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    identity: RawIdentity,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    roles: Vec<RawRole>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    url: Option<String>,
+    audience: Option<String>,
+    #[serde(default = "default_signing_rotation")]
+    signing_key_rotation_secs: u64,
+    #[serde(default)]
+    dangerous_allow_http_loopback_issuers: bool,
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        Self {
+            url: None,
+            audience: None,
+            signing_key_rotation_secs: default_signing_rotation(),
+            dangerous_allow_http_loopback_issuers: false,
+        }
+    }
+}
+
+fn default_signing_rotation() -> u64 {
+    86_400
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    name: String,
+    #[serde(default = "default_platform")]
+    preset: Platform,
+    issuer: Option<String>,
+    discovery_url: Option<String>,
+    jwks_url: Option<String>,
+    jwks_file: Option<PathBuf>,
+    algorithms: Option<Vec<String>>,
+    audience: String,
+    #[serde(default)]
+    allow_extra_audiences: bool,
+    #[serde(default = "default_leeway")]
+    leeway_secs: u64,
+    max_token_age_secs: Option<u64>,
+    #[serde(default)]
+    refuse_jti_replay: bool,
+    ca_file: Option<PathBuf>,
+    #[serde(default = "default_cache_min")]
+    cache_min_secs: u64,
+    #[serde(default = "default_cache_max")]
+    cache_max_secs: u64,
+    #[serde(default = "default_refetch")]
+    unknown_kid_refetch_secs: u64,
+    #[serde(default = "default_fetch_timeout")]
+    fetch_timeout_secs: u64,
+    #[serde(default = "default_max_response")]
+    max_response_bytes: usize,
+}
+
+fn default_platform() -> Platform {
+    Platform::Generic
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_cache_min() -> u64 {
+    60
+}
+fn default_cache_max() -> u64 {
+    3600
+}
+fn default_refetch() -> u64 {
+    30
+}
+fn default_fetch_timeout() -> u64 {
+    5
+}
+fn default_max_response() -> usize {
+    256 * 1024
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRole {
+    name: String,
+    issuer: String,
+    bound_subject: Option<Matcher>,
+    #[serde(default)]
+    claims: BTreeMap<String, Matcher>,
+    scopes: Vec<String>,
+    #[serde(default = "default_ttl")]
+    ttl_secs: u64,
+    #[serde(default = "default_max_ttl")]
+    max_ttl_secs: u64,
+    #[serde(default)]
+    cap_at_token_expiry: bool,
+    #[serde(default)]
+    allow_pull_request_target: bool,
+}
+
+fn default_ttl() -> u64 {
+    900
+}
+fn default_max_ttl() -> u64 {
+    3600
+}
+
+/// Credential and issuer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConfig {
+    /// keygate's own issuer URL (`iss` of credentials; discovery served under it).
+    pub url: String,
+    /// `aud` of credentials.
+    pub audience: String,
+    /// How often credential signing keys rotate.
+    pub signing_key_rotation_secs: u64,
+    /// Allow `http://` issuer URLs to loopback addresses (tests and dev only).
+    pub dangerous_allow_http_loopback_issuers: bool,
+    /// Trusted issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// Roles.
+    pub roles: Vec<Role>,
 }
 
 #[derive(Deserialize)]
@@ -199,6 +332,8 @@ pub struct Config {
     pub admin_subjects: Vec<String>,
     /// Log format.
     pub log_format: LogFormat,
+    /// Issuers, roles and credential settings.
+    pub identity: IdentityConfig,
 }
 
 /// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
@@ -231,6 +366,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// An error for `array[index].key` (e.g. `roles[2].scopes`).
+    fn err_at(
+        &self,
+        array: &str,
+        index: usize,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: find_line_array(self.text, array, index, key),
+            key: Some(format!("{array}[{index}].{key}")),
+            message: message.into(),
+        }
+    }
+
     fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
@@ -258,6 +409,36 @@ fn find_line(text: &str, table: &str, key: &str) -> Option<usize> {
         }
     }
     None
+}
+
+/// The 1-based line where `key` is set in the `index`-th `[[array]]` table (or its header).
+fn find_line_array(text: &str, array: &str, index: usize, key: &str) -> Option<usize> {
+    let header = format!("[[{array}]]");
+    let mut seen = 0usize;
+    let mut inside = false;
+    let mut header_line = None;
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with('[') {
+            inside = false;
+            if l == header {
+                seen += 1;
+                if seen == index + 1 {
+                    inside = true;
+                    header_line = Some(i + 1);
+                }
+            }
+            continue;
+        }
+        if inside {
+            if let Some((k, _)) = l.split_once('=') {
+                if k.trim().trim_matches('"') == key {
+                    return Some(i + 1);
+                }
+            }
+        }
+    }
+    header_line
 }
 
 /// The dotted key set on a given 1-based line (for parser errors that only give a position).
@@ -398,6 +579,8 @@ impl Config {
             ));
         }
 
+        let identity = parse_identity(&ctx, raw.identity, raw.issuers, raw.roles)?;
+
         Ok(Self {
             path: path.to_path_buf(),
             server: ServerConfig {
@@ -412,6 +595,7 @@ impl Config {
             kek,
             admin_subjects,
             log_format: raw.log.format,
+            identity,
         })
     }
 
@@ -433,8 +617,181 @@ impl Config {
         if self.log_format != other.log_format {
             v.push("log.format".to_string());
         }
+        let (a, b) = (&self.identity, &other.identity);
+        if a.url != b.url
+            || a.audience != b.audience
+            || a.signing_key_rotation_secs != b.signing_key_rotation_secs
+        {
+            v.push("identity".to_string());
+        }
         v
     }
+}
+
+fn parse_identity(
+    ctx: &Ctx<'_>,
+    raw: RawIdentity,
+    raw_issuers: Vec<RawIssuer>,
+    raw_roles: Vec<RawRole>,
+) -> Result<IdentityConfig, ConfigError> {
+    let url = raw
+        .url
+        .unwrap_or_else(|| "https://keygate.invalid".to_string());
+    if !url.starts_with("https://") {
+        return Err(ctx.err(
+            "identity",
+            "url",
+            "keygate's issuer URL must start with https://",
+        ));
+    }
+    let url = url.trim_end_matches('/').to_string();
+    let audience = raw.audience.unwrap_or_else(|| url.clone());
+    if raw.signing_key_rotation_secs < 60 {
+        return Err(ctx.err(
+            "identity",
+            "signing_key_rotation_secs",
+            "must be at least 60",
+        ));
+    }
+    let allow_http = raw.dangerous_allow_http_loopback_issuers;
+    let mut issuers: Vec<IssuerConfig> = Vec::new();
+    for (i, r) in raw_issuers.into_iter().enumerate() {
+        let e = |key: &str, m: String| ctx.err_at("issuers", i, key, m);
+        if r.name.is_empty() || issuers.iter().any(|x| x.name == r.name) {
+            return Err(e(
+                "name",
+                format!("issuer name {:?} is empty or used twice", r.name),
+            ));
+        }
+        let p = issuer::preset(r.preset);
+        let iss = match (r.issuer, p.default_issuer) {
+            (Some(i), _) => i,
+            (None, Some(d)) => d.to_string(),
+            (None, None) => {
+                return Err(e("issuer", "this preset needs the exact issuer URL".into()))
+            }
+        };
+        let shared = issuer::check_issuer(r.preset, &iss).map_err(|m| e("issuer", m))?;
+        let keys = match (r.discovery_url, r.jwks_url, r.jwks_file) {
+            (Some(u), None, None) => KeySource::Discovery(u),
+            (None, Some(u), None) => KeySource::Jwks(u),
+            (None, None, Some(f)) => {
+                let f = ctx.resolve(&f);
+                let doc = std::fs::read_to_string(&f)
+                    .map_err(|err| e("jwks_file", format!("cannot read {}: {err}", f.display())))?;
+                KeySource::Static(doc)
+            }
+            (None, None, None) => KeySource::Discovery(format!(
+                "{}/.well-known/openid-configuration",
+                iss.trim_end_matches('/')
+            )),
+            _ => {
+                return Err(e(
+                    "discovery_url",
+                    "set at most one of discovery_url, jwks_url, jwks_file".into(),
+                ))
+            }
+        };
+        if let KeySource::Discovery(u) | KeySource::Jwks(u) = &keys {
+            let key = if matches!(keys, KeySource::Jwks(_)) {
+                "jwks_url"
+            } else {
+                "discovery_url"
+            };
+            crate::identity::jwks::check_url(u, allow_http).map_err(|m| e(key, m))?;
+        }
+        let algorithms = match r.algorithms {
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(e("algorithms", "list at least one algorithm".into()));
+                }
+                list.iter()
+                    .map(|a| issuer::parse_algorithm(a))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|m| e("algorithms", m))?
+            }
+            None => p.algorithms.to_vec(),
+        };
+        if r.audience.trim().is_empty() {
+            return Err(e(
+                "audience",
+                "keygate's audience for this issuer must not be empty".into(),
+            ));
+        }
+        if r.leeway_secs > 300 {
+            return Err(e("leeway_secs", "at most 300 seconds".into()));
+        }
+        if r.cache_min_secs > r.cache_max_secs {
+            return Err(e("cache_min_secs", "must not exceed cache_max_secs".into()));
+        }
+        let ca_file = r.ca_file.map(|c| ctx.resolve(&c));
+        if let Some(ca) = &ca_file {
+            crate::tls::load_certs(ca).map_err(|m| e("ca_file", m))?;
+        }
+        issuers.push(IssuerConfig {
+            name: r.name,
+            platform: r.preset,
+            issuer: iss,
+            keys,
+            algorithms,
+            audience: r.audience,
+            allow_extra_audiences: r.allow_extra_audiences,
+            leeway_secs: r.leeway_secs,
+            max_token_age_secs: r.max_token_age_secs.unwrap_or(p.max_token_age_secs),
+            refuse_jti_replay: r.refuse_jti_replay,
+            shared,
+            ca_file,
+            cache_min_secs: r.cache_min_secs,
+            cache_max_secs: r.cache_max_secs,
+            unknown_kid_refetch_secs: r.unknown_kid_refetch_secs,
+            fetch_timeout_secs: r.fetch_timeout_secs.clamp(1, 60),
+            max_response_bytes: r.max_response_bytes.clamp(1024, 4 * 1024 * 1024),
+        });
+    }
+    let mut roles: Vec<Role> = Vec::new();
+    for (i, r) in raw_roles.into_iter().enumerate() {
+        let e = |key: &str, m: String| ctx.err_at("roles", i, key, m);
+        if r.name.is_empty() || roles.iter().any(|x| x.name == r.name) {
+            return Err(e(
+                "name",
+                format!("role name {:?} is empty or used twice", r.name),
+            ));
+        }
+        let Some(iss) = issuers.iter().find(|x| x.name == r.issuer) else {
+            return Err(e(
+                "issuer",
+                format!("no [[issuers]] entry is named {:?}", r.issuer),
+            ));
+        };
+        let scopes = r
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| e("scopes", m))?;
+        let role = Role {
+            name: r.name,
+            issuer: r.issuer,
+            bound_subject: r.bound_subject,
+            claims: r.claims,
+            scopes,
+            ttl_secs: r.ttl_secs,
+            max_ttl_secs: r.max_ttl_secs,
+            cap_at_token_expiry: r.cap_at_token_expiry,
+            allow_pull_request_target: r.allow_pull_request_target,
+        };
+        role.validate(iss.platform, iss.shared)
+            .map_err(|m| e("claims", m))?;
+        roles.push(role);
+    }
+    Ok(IdentityConfig {
+        url,
+        audience,
+        signing_key_rotation_secs: raw.signing_key_rotation_secs,
+        dangerous_allow_http_loopback_issuers: allow_http,
+        issuers,
+        roles,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,10 @@ pub struct Metrics {
     pub store_bytes: Gauge,
     /// Config reloads by outcome.
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
+    /// Issuer key fetches by issuer and outcome.
+    pub jwks_fetches: Family<Vec<(String, String)>, Counter>,
+    /// Token exchanges by role and outcome (reason code or `ok`).
+    pub exchanges: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -60,6 +64,18 @@ impl Metrics {
         let store_keys = Gauge::default();
         let store_bytes = Gauge::default();
         let config_reloads = Family::<Vec<(String, String)>, Counter>::default();
+        let jwks_fetches = Family::<Vec<(String, String)>, Counter>::default();
+        let exchanges = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Issuer key fetches by issuer and outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "exchanges",
+            "Token exchanges by role and outcome",
+            exchanges.clone(),
+        );
         registry.register(
             "requests",
             "Requests by RPC and status code",
@@ -90,7 +106,32 @@ impl Metrics {
             store_keys,
             store_bytes,
             config_reloads,
+            jwks_fetches,
+            exchanges,
         }
+    }
+
+    /// Counts an issuer key fetch.
+    pub fn jwks_fetch(&self, issuer: &str, ok: bool) {
+        self.jwks_fetches
+            .get_or_create(&vec![
+                ("issuer".to_string(), issuer.to_string()),
+                (
+                    "outcome".to_string(),
+                    if ok { "ok" } else { "failed" }.to_string(),
+                ),
+            ])
+            .inc();
+    }
+
+    /// Counts a token exchange.
+    pub fn exchange(&self, role: &str, outcome: &str) {
+        self.exchanges
+            .get_or_create(&vec![
+                ("role".to_string(), role.to_string()),
+                ("outcome".to_string(), outcome.to_string()),
+            ])
+            .inc();
     }
 
     /// Records one finished request.

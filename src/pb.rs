@@ -68,3 +68,77 @@ impl fmt::Debug for DatabaseCredential {
             .finish()
     }
 }
+
+impl fmt::Debug for RenewLeaseResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RenewLeaseResponse")
+            .field("lease", &self.lease)
+            .field("access_token", &"[redacted]")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ExplainRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExplainRequest")
+            .field("token", &"[redacted]")
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_with_values_never_debug_print_them() {
+        let m = "MARKER-7f3a9c";
+        let shown = [
+            format!(
+                "{:?}",
+                GetSecretResponse {
+                    path: "p".into(),
+                    fields: [("pw".to_string(), m.as_bytes().to_vec())].into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:#?}",
+                PutSecretRequest {
+                    path: "p".into(),
+                    fields: [("pw".to_string(), m.as_bytes().to_vec())].into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ExchangeRequest {
+                    subject_token: m.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                ExchangeResponse {
+                    access_token: m.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                DatabaseCredential {
+                    password: m.into(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(!s.contains(m), "{s}");
+            // byte vectors print as numbers: check that form too
+            assert!(!s.contains("77, 65, 82, 75"), "{s}");
+            assert!(s.contains("[redacted]"), "{s}");
+        }
+    }
+}

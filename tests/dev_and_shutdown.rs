@@ -46,10 +46,11 @@ fn start_dev(dir: &std::path::Path, log: std::path::PathBuf) -> DevRun {
     std::thread::spawn(move || {
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if line.contains("keygate dev is running") {
+            let done = line.contains("Stop with Ctrl-C");
+            so.lock().unwrap().push_str(&(line + "\n"));
+            if done {
                 let _ = tx.send(());
             }
-            so.lock().unwrap().push_str(&(line + "\n"));
         }
     });
     rx.recv_timeout(Duration::from_secs(60))

@@ -29,7 +29,11 @@ impl pb::admin_server::Admin for AdminApi {
         let caller = caller_of(&request);
         let req = request.into_inner();
         let result = async {
-            self.state.authz.authorize(&caller, Action::Admin, "kek")?;
+            self.state
+                .authz
+                .authenticate(&caller)
+                .await?
+                .require(Action::Admin, "kek")?;
             if req.new_kek_file.is_empty() {
                 return Err(ApiError::InvalidArgument("new_kek_file is required".into()));
             }
@@ -63,7 +67,9 @@ impl pb::admin_server::Admin for AdminApi {
         let result = async {
             self.state
                 .authz
-                .authorize(&caller, Action::Admin, "config")?;
+                .authenticate(&caller)
+                .await?
+                .require(Action::Admin, "config")?;
             let needs_restart = self
                 .state
                 .reload
@@ -83,7 +89,11 @@ impl pb::admin_server::Admin for AdminApi {
         let started = Instant::now();
         let caller = caller_of(&request);
         let result = async {
-            self.state.authz.authorize(&caller, Action::Admin, "info")?;
+            self.state
+                .authz
+                .authenticate(&caller)
+                .await?
+                .require(Action::Admin, "info")?;
             Ok(pb::ServerInfoResponse {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 node_id: self.state.node_id.clone(),
@@ -95,5 +105,123 @@ impl pb::admin_server::Admin for AdminApi {
         .await;
         self.state
             .finish("keygate.v1.Admin/ServerInfo", started, result)
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = async {
+            self.state
+                .authz
+                .authenticate(&caller)
+                .await?
+                .require(Action::Admin, "roles")?;
+            let trust = self.state.trust();
+            let only = (!req.role.is_empty()).then_some(req.role.as_str());
+            if let Some(r) = only {
+                if trust.role(r).is_none() {
+                    return Err(ApiError::NotFound(format!("no role named {r:?}")));
+                }
+            }
+            match trust.verify(&req.token).await {
+                Err(e) => Ok(pb::ExplainResponse {
+                    token_valid: false,
+                    token_code: e.code().to_string(),
+                    token_error: e.to_string(),
+                    issuer: String::new(),
+                    roles: Vec::new(),
+                }),
+                Ok(v) => Ok(pb::ExplainResponse {
+                    token_valid: true,
+                    token_code: String::new(),
+                    token_error: String::new(),
+                    issuer: v.issuer.name.clone(),
+                    roles: trust
+                        .decide(&v, only)
+                        .into_iter()
+                        .map(|d| pb::RoleMatch {
+                            role: d.role.name.clone(),
+                            matched: d.result.is_ok(),
+                            reason: d.result.err().unwrap_or_default(),
+                        })
+                        .collect(),
+                }),
+            }
+        }
+        .await;
+        self.state
+            .finish("keygate.v1.Admin/Explain", started, result)
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let result = async {
+            self.state
+                .authz
+                .authenticate(&caller)
+                .await?
+                .require(Action::Admin, "roles")?;
+            Ok(pb::ListRolesResponse {
+                roles: self.state.trust().roles.iter().map(role_info).collect(),
+            })
+        }
+        .await;
+        self.state
+            .finish("keygate.v1.Admin/ListRoles", started, result)
+    }
+
+    async fn get_role(
+        &self,
+        request: Request<pb::GetRoleRequest>,
+    ) -> Result<Response<pb::RoleInfo>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = async {
+            self.state
+                .authz
+                .authenticate(&caller)
+                .await?
+                .require(Action::Admin, "roles")?;
+            let trust = self.state.trust();
+            trust
+                .role(&req.name)
+                .map(role_info)
+                .ok_or_else(|| ApiError::NotFound(format!("no role named {:?}", req.name)))
+        }
+        .await;
+        self.state
+            .finish("keygate.v1.Admin/GetRole", started, result)
+    }
+}
+
+fn role_info(r: &crate::policy::Role) -> pb::RoleInfo {
+    let mut conditions: Vec<String> = r
+        .bound_subject
+        .iter()
+        .map(|m| format!("sub {}", m.describe()))
+        .collect();
+    conditions.extend(
+        r.claims
+            .iter()
+            .map(|(k, m)| format!("{k} {}", m.describe())),
+    );
+    pb::RoleInfo {
+        name: r.name.clone(),
+        issuer: r.issuer.clone(),
+        conditions,
+        scopes: r.scopes.iter().map(|s| s.to_string()).collect(),
+        ttl_seconds: r.ttl_secs,
+        max_ttl_seconds: r.max_ttl_secs,
+        cap_at_token_expiry: r.cap_at_token_expiry,
+        allow_pull_request_target: r.allow_pull_request_target,
     }
 }

@@ -1,9 +1,13 @@
 //! gRPC handlers. They translate between protobuf and the domain modules and hold no policy.
 //! [`ApiError::to_status`] is the one place that decides what a caller may learn from an error.
 pub mod admin;
+pub mod exchange;
+pub mod leases;
 pub mod secrets;
 
 use crate::authz::{Authorizer, AuthzError, Caller};
+use crate::credential::Credentials;
+use crate::identity::trust::Trust;
 use crate::metrics::Metrics;
 use crate::secrets::{SecretStore, SecretsError};
 use crate::storage::StorageError;
@@ -31,6 +35,27 @@ pub struct AppState {
     pub node_id: String,
     /// Turns true when the daemon shuts down; open streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Credentials (minting, checking, leases).
+    pub credentials: Arc<Credentials>,
+    /// Issuers and roles; replaced whole on config reload.
+    pub trust: Arc<std::sync::RwLock<Arc<Trust>>>,
+    /// The clock.
+    pub clock: Arc<dyn crate::clock::Clock>,
+}
+
+impl AppState {
+    /// The current issuers and roles.
+    pub fn trust(&self) -> Arc<Trust> {
+        match self.trust.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Seconds since the epoch.
+    pub fn now(&self) -> u64 {
+        self.clock.now_millis() / 1000
+    }
 }
 
 /// Every error a handler can produce.
@@ -48,6 +73,20 @@ pub enum ApiError {
     /// A precondition on the server side (e.g. a bad KEK file for rotation).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A token exchange refused: the stable reason code is all the caller learns.
+    #[error("exchange refused: {code} ({detail})")]
+    Exchange {
+        /// Stable reason code.
+        code: &'static str,
+        /// Full reason, for logs only.
+        detail: String,
+    },
+    /// Something a caller asked for that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The storage backend failed.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
 }
 
 impl ApiError {
@@ -59,6 +98,26 @@ impl ApiError {
             }
             ApiError::Authz(e @ AuthzError::PermissionDenied) => {
                 Status::permission_denied(e.to_string())
+            }
+            ApiError::Authz(e @ AuthzError::BadCredential(_)) => {
+                Status::unauthenticated(e.to_string())
+            }
+            ApiError::Authz(e @ AuthzError::Unavailable) => Status::unavailable(e.to_string()),
+            ApiError::Exchange { code, .. } => {
+                let c = match *code {
+                    "invalid_request" | "invalid_scope" => Code::InvalidArgument,
+                    "no_matching_role" | "scope_not_allowed" => Code::PermissionDenied,
+                    "issuer_unavailable" | "server_error" => Code::Unavailable,
+                    _ => Code::Unauthenticated,
+                };
+                Status::new(c, *code)
+            }
+            ApiError::NotFound(m) => Status::not_found(m.clone()),
+            ApiError::Storage(StorageError::Conflict) => {
+                Status::aborted("concurrent change; retry")
+            }
+            ApiError::Storage(StorageError::Backend(_)) => {
+                Status::unavailable("storage is unavailable")
             }
             ApiError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
@@ -93,8 +152,19 @@ pub fn caller_of<T>(req: &Request<T>) -> Caller {
     let cert_subject = req
         .peer_certs()
         .and_then(|certs| certs.first().and_then(crate::tls::cert_subject));
+    let bearer = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| crate::sensitive::SecretBytes::new(token.trim().as_bytes().to_vec()))
+        });
     Caller {
         cert_subject,
+        bearer,
         peer: req.remote_addr(),
     }
 }
@@ -119,6 +189,9 @@ impl AppState {
                     ApiError::Secrets(SecretsError::Integrity { .. })
                     | ApiError::Secrets(SecretsError::Corrupt(_))
                     | ApiError::Secrets(SecretsError::Storage(StorageError::Backend(_))) => {
+                        tracing::error!(rpc, error = %e, "request failed")
+                    }
+                    ApiError::Storage(StorageError::Backend(_)) => {
                         tracing::error!(rpc, error = %e, "request failed")
                     }
                     _ => tracing::info!(rpc, code = ?status.code(), error = %e, "request refused"),

@@ -73,7 +73,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state
                 .authz
-                .authorize(&caller, Action::Read, &req.path)?;
+                .authenticate(&caller)
+                .await?
+                .require(Action::Read, &req.path)?;
             let v = self.state.store.get(&req.path, req.version).await?;
             let version_metadata = v
                 .meta
@@ -111,12 +113,15 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let caller = caller_of(&request);
         let req = request.into_inner();
         let result = async {
-            self.state
-                .authz
-                .authorize(&caller, Action::List, &req.prefix)?;
+            let who = self.state.authz.authenticate(&caller).await?;
             let rows = self.state.store.list(&req.prefix).await?;
+            // names the caller may not list are not there, as far as it can tell
             Ok(pb::ListSecretsResponse {
-                secrets: rows.iter().map(|(p, m)| meta_to_pb(p, m)).collect(),
+                secrets: rows
+                    .iter()
+                    .filter(|(p, _)| who.allows(Action::List, p))
+                    .map(|(p, m)| meta_to_pb(p, m))
+                    .collect(),
             })
         }
         .await;
@@ -134,7 +139,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state
                 .authz
-                .authorize(&caller, Action::Write, &req.path)?;
+                .authenticate(&caller)
+                .await?
+                .require(Action::Write, &req.path)?;
             let fields: SecretFields = req
                 .fields
                 .into_iter()
@@ -168,7 +175,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state
                 .authz
-                .authorize(&caller, Action::Delete, &req.path)?;
+                .authenticate(&caller)
+                .await?
+                .require(Action::Delete, &req.path)?;
             let m = self.state.store.delete(&req.path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
@@ -187,7 +196,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state
                 .authz
-                .authorize(&caller, Action::Delete, &req.path)?;
+                .authenticate(&caller)
+                .await?
+                .require(Action::Delete, &req.path)?;
             let m = self.state.store.undelete(&req.path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
@@ -206,7 +217,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state
                 .authz
-                .authorize(&caller, Action::Destroy, &req.path)?;
+                .authenticate(&caller)
+                .await?
+                .require(Action::Delete, &req.path)?;
             let m = self.state.store.destroy(&req.path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
@@ -224,75 +237,117 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let started = Instant::now();
         let caller = caller_of(&request);
         let req = request.into_inner();
-        let result = (|| {
+        let rx = self.state.store.subscribe();
+        let result = async {
             if req.paths.is_empty() && req.prefixes.is_empty() {
                 return Err(ApiError::InvalidArgument(
                     "name at least one path or prefix to watch".into(),
                 ));
             }
+            let who = self.state.authz.authenticate(&caller).await?;
             for p in &req.paths {
                 path::validate(p).map_err(ApiError::InvalidArgument)?;
-                self.state.authz.authorize(&caller, Action::Watch, p)?;
+                who.require(Action::Read, p)?;
             }
             for p in &req.prefixes {
                 path::validate_prefix(p).map_err(ApiError::InvalidArgument)?;
-                self.state.authz.authorize(&caller, Action::Watch, p)?;
-            }
-            Ok(())
-        })();
-        let rx = self.state.store.subscribe();
-        let paths = req.paths;
-        let prefixes = req.prefixes;
-        let wanted = move |ev: &ChangeEvent| {
-            paths.contains(&ev.path) || prefixes.iter().any(|p| ev.path.starts_with(p))
-        };
-        let shutdown = self.state.shutdown.clone();
-        let stream = futures::stream::unfold(
-            (rx, std::collections::VecDeque::<ChangeEvent>::new(), false),
-            move |(mut rx, mut pending, done)| {
-                let wanted = wanted.clone();
-                let mut shutdown = shutdown.clone();
-                async move {
-                    if done {
-                        return None;
-                    }
-                    loop {
-                        if let Some(ev) = pending.pop_front() {
-                            let item = pb::WatchEvent {
-                                path: ev.path,
-                                version: ev.version,
-                                kind: kind_to_pb(ev.kind) as i32,
-                                at: Some(to_timestamp(ev.at)),
-                            };
-                            return Some((Ok(item), (rx, pending, false)));
-                        }
-                        let next = tokio::select! {
-                            r = rx.recv() => r,
-                            _ = shutdown.wait_for(|v| *v) => {
-                                let st = Status::unavailable("keygate is shutting down; reconnect");
-                                return Some((Err(st), (rx, pending, true)));
-                            }
-                        };
-                        match next {
-                            Ok(payload) => {
-                                let evs: Vec<ChangeEvent> =
-                                    serde_json::from_slice(&payload).unwrap_or_default();
-                                pending.extend(evs.into_iter().filter(|e| wanted(e)));
-                            }
-                            Err(RecvError::Lagged(n)) => {
-                                let st = Status::data_loss(format!(
-                                    "watch fell {n} events behind; re-read the secrets and watch again"
-                                ));
-                                return Some((Err(st), (rx, pending, true)));
-                            }
-                            Err(RecvError::Closed) => return None,
-                        }
-                    }
+                if !who.is_admin() && !who.scopes().iter().any(|s| s.capability == "read") {
+                    return Err(crate::authz::AuthzError::PermissionDenied.into());
                 }
-            },
-        );
-        let result = result.map(|()| Box::pin(stream) as WatchStream);
+            }
+            Ok(who)
+        }
+        .await;
+        let result = result.map(|who| {
+            let (tx, out) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(forward_events(
+                rx,
+                tx,
+                who,
+                req.paths,
+                req.prefixes,
+                self.state.shutdown.clone(),
+                self.state.now(),
+            ));
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)) as WatchStream
+        });
         self.state
             .finish("keygate.v1.Secrets/Watch", started, result)
+    }
+}
+
+/// Pushes matching version events to one `Watch` stream until the client leaves, the daemon
+/// shuts down, or (for credentials) the credential expires or its lease is revoked.
+async fn forward_events(
+    mut rx: tokio::sync::broadcast::Receiver<Vec<u8>>,
+    tx: tokio::sync::mpsc::Sender<Result<pb::WatchEvent, Status>>,
+    who: crate::authz::Principal,
+    paths: Vec<String>,
+    prefixes: Vec<String>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    now: u64,
+) {
+    let expiry = who.expires_at().map(|exp| exp.saturating_sub(now));
+    let expired = async {
+        match expiry {
+            Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs)).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(expired);
+    let wanted = |ev: &ChangeEvent| {
+        (paths.contains(&ev.path) || prefixes.iter().any(|p| ev.path.starts_with(p)))
+            && who.allows(Action::Read, &ev.path)
+    };
+    loop {
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => {
+                let _ = tx.send(Err(Status::unavailable("keygate is shutting down; reconnect"))).await;
+                return;
+            }
+            _ = &mut expired => {
+                let _ = tx.send(Err(Status::unauthenticated("credential expired"))).await;
+                return;
+            }
+            _ = tx.closed() => return,
+        };
+        match next {
+            Ok(payload) => {
+                if let Ok(r) = serde_json::from_slice::<crate::credential::lease::Revoked>(&payload)
+                {
+                    if who
+                        .lease_id()
+                        .is_some_and(|id| r.revoked.iter().any(|x| x == id))
+                    {
+                        let _ = tx
+                            .send(Err(Status::unauthenticated("credential refused: revoked")))
+                            .await;
+                        return;
+                    }
+                    continue;
+                }
+                let evs: Vec<ChangeEvent> = serde_json::from_slice(&payload).unwrap_or_default();
+                for ev in evs.into_iter().filter(|e| wanted(e)) {
+                    let item = pb::WatchEvent {
+                        path: ev.path,
+                        version: ev.version,
+                        kind: kind_to_pb(ev.kind) as i32,
+                        at: Some(to_timestamp(ev.at)),
+                    };
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                let st = Status::data_loss(format!(
+                    "watch fell {n} events behind; re-read the secrets and watch again"
+                ));
+                let _ = tx.send(Err(st)).await;
+                return;
+            }
+            Err(RecvError::Closed) => return,
+        }
     }
 }

@@ -366,6 +366,21 @@ impl SecretStore {
         })
     }
 
+    /// Reads a keygate-internal secret (reserved `_sys/` paths, never reachable by callers).
+    pub async fn get_internal(&self, path: &str) -> Result<SecretVersion, SecretsError> {
+        self.get(path, 0).await
+    }
+
+    /// Writes a keygate-internal secret (reserved `_sys/` paths).
+    pub async fn put_internal(
+        &self,
+        path: &str,
+        fields: &SecretFields,
+        opts: &PutOptions,
+    ) -> Result<(u64, SecretMeta), SecretsError> {
+        self.put(path, fields, opts).await
+    }
+
     /// Metadata of one secret.
     pub async fn metadata(&self, path: &str) -> Result<SecretMeta, SecretsError> {
         path::validate(path).map_err(SecretsError::InvalidArgument)?;

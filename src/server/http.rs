@@ -22,6 +22,28 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// False once shutdown has begun.
     pub accepting: Arc<AtomicBool>,
+    /// Credentials (discovery and JWKS).
+    pub credentials: Arc<crate::credential::Credentials>,
+}
+
+async fn discovery(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        s.credentials.discovery().to_string(),
+    )
+}
+
+async fn jwks(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "max-age=60"),
+        ],
+        s.credentials.jwks().await.to_string(),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -69,6 +91,8 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks.json", get(jwks))
         .with_state(state)
 }
 

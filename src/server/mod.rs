@@ -2,10 +2,16 @@
 //! SIGHUP and shuts down gracefully on SIGTERM/SIGINT.
 pub mod http;
 
-use crate::api::{admin::AdminApi, secrets::SecretsApi, AppState, ConfigReload};
-use crate::authz::AdminCertAuthorizer;
-use crate::clock::SystemClock;
+use crate::api::{
+    admin::AdminApi, exchange::ExchangeApi, leases::LeasesApi, secrets::SecretsApi, AppState,
+    ConfigReload,
+};
+use crate::authz::Gate;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, KekSource, StorageConfig};
+use crate::credential::Credentials;
+use crate::identity::trust::Trust;
+use crate::identity::Verifier;
 use crate::metrics::Metrics;
 use crate::pb;
 use crate::secrets::envelope::Kek;
@@ -33,20 +39,58 @@ pub enum StartError {
 struct Reloader {
     path: PathBuf,
     current: RwLock<Config>,
-    authz: Arc<AdminCertAuthorizer>,
+    authz: Arc<Gate>,
     metrics: Arc<Metrics>,
+    trust: Arc<RwLock<Arc<Trust>>>,
+    clock: Arc<dyn Clock>,
+    storage: Arc<dyn Storage>,
+}
+
+/// Builds the verifier and roles of a config.
+fn build_trust(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+    storage: Arc<dyn Storage>,
+) -> Result<Trust, String> {
+    let id = &config.identity;
+    let verifier = Verifier::new(
+        &id.issuers,
+        id.dangerous_allow_http_loopback_issuers,
+        metrics,
+        clock,
+        storage,
+    )?;
+    Ok(Trust {
+        verifier,
+        roles: id.roles.clone(),
+    })
 }
 
 impl ConfigReload for Reloader {
     fn reload(&self) -> Result<Vec<String>, String> {
         match Config::load(&self.path) {
             Ok(new) => {
+                let trust = build_trust(
+                    &new,
+                    self.metrics.clone(),
+                    self.clock.clone(),
+                    self.storage.clone(),
+                )
+                .map_err(|e| {
+                    self.metrics.reload(false);
+                    tracing::error!(error = %e, "config reload refused; the running config stays");
+                    e
+                })?;
                 let mut cur = self
                     .current
                     .write()
                     .map_err(|_| "config lock poisoned".to_string())?;
                 let restart = new.restart_needed(&cur);
                 self.authz.set_subjects(new.admin_subjects.clone());
+                if let Ok(mut t) = self.trust.write() {
+                    *t = Arc::new(trust);
+                }
                 *cur = new;
                 self.metrics.reload(true);
                 tracing::info!(needs_restart = ?restart, "config reloaded");
@@ -57,6 +101,27 @@ impl ConfigReload for Reloader {
                 tracing::error!(error = %e, "config reload refused; the running config stays");
                 Err(e.to_string())
             }
+        }
+    }
+}
+
+/// Periodic work: signing-key rotation (and pick-up of other replicas' rotations), replay and
+/// lease clean-up.
+async fn housekeeping(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if let Err(e) = state.credentials.reload().await {
+            tracing::warn!(error = %e, "signing key reload failed");
+        }
+        if let Err(e) = state.credentials.rotate_if_due().await {
+            tracing::warn!(error = %e, "signing key rotation failed");
+        }
+        if let Err(e) = state.trust().verifier.sweep_replay().await {
+            tracing::warn!(error = %e, "replay store sweep failed");
+        }
+        if let Err(e) = state.credentials.leases.sweep(3600).await {
+            tracing::warn!(error = %e, "lease sweep failed");
         }
     }
 }
@@ -72,6 +137,7 @@ pub struct Daemon {
     http_task: Option<JoinHandle<()>>,
     reload: Arc<Reloader>,
     grace: std::time::Duration,
+    housekeeping: JoinHandle<()>,
 }
 
 fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
@@ -112,12 +178,54 @@ impl Daemon {
             Err(e) => return Err(StartError::Other(e.to_string())),
         };
         let metrics = Arc::new(Metrics::new());
-        let authz = Arc::new(AdminCertAuthorizer::new(config.admin_subjects.clone()));
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let id = &config.identity;
+        let retain = id
+            .roles
+            .iter()
+            .map(|r| r.max_ttl_secs)
+            .max()
+            .unwrap_or(3600)
+            .max(3600);
+        let credentials = Arc::new(
+            Credentials::open(
+                store.clone(),
+                clock.clone(),
+                id.url.clone(),
+                id.audience.clone(),
+                id.signing_key_rotation_secs,
+                retain,
+            )
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?,
+        );
+        let trust = build_trust(
+            &config,
+            metrics.clone(),
+            clock.clone(),
+            store.storage().clone(),
+        )
+        .map_err(|m| {
+            StartError::Config(ConfigError {
+                file: config.path.clone(),
+                line: None,
+                key: Some("issuers".into()),
+                message: m,
+            })
+        })?;
+        let trust = Arc::new(RwLock::new(Arc::new(trust)));
+        let authz = Arc::new(Gate::new(
+            config.admin_subjects.clone(),
+            Some(credentials.clone()),
+        ));
         let reload = Arc::new(Reloader {
             path: config.path.clone(),
             current: RwLock::new(config.clone()),
             authz: authz.clone(),
             metrics: metrics.clone(),
+            trust: trust.clone(),
+            clock: clock.clone(),
+            storage: store.storage().clone(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
@@ -127,7 +235,11 @@ impl Daemon {
             reload: reload.clone(),
             node_id: config.server.node_id.clone(),
             shutdown: shutdown_rx.clone(),
+            credentials: credentials.clone(),
+            trust: trust.clone(),
+            clock: clock.clone(),
         });
+        let housekeeping = tokio::spawn(housekeeping(state.clone()));
 
         let accepting = Arc::new(AtomicBool::new(true));
 
@@ -151,6 +263,12 @@ impl Daemon {
         health_reporter
             .set_serving::<pb::admin_server::AdminServer<AdminApi>>()
             .await;
+        health_reporter
+            .set_serving::<pb::token_exchange_server::TokenExchangeServer<ExchangeApi>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::leases_server::LeasesServer<LeasesApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -168,6 +286,18 @@ impl Daemon {
             )
             .add_service(
                 pb::admin_server::AdminServer::new(AdminApi::new(state.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(
+                pb::token_exchange_server::TokenExchangeServer::new(ExchangeApi::new(
+                    state.clone(),
+                ))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+            )
+            .add_service(
+                pb::leases_server::LeasesServer::new(LeasesApi::new(state.clone()))
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             );
@@ -195,6 +325,7 @@ impl Daemon {
                     store: store.clone(),
                     metrics,
                     accepting: accepting.clone(),
+                    credentials: credentials.clone(),
                 };
                 let task = tokio::spawn(http::serve(l, tls, hs, shutdown_rx.clone()));
                 (Some(bound), Some(task))
@@ -219,6 +350,7 @@ impl Daemon {
             http_task,
             reload,
             grace: config.server.shutdown_grace,
+            housekeeping,
         })
     }
 
@@ -274,6 +406,7 @@ impl Daemon {
         if let Some(t) = self.http_task {
             t.abort();
         }
+        self.housekeeping.abort();
         self.store
             .storage()
             .flush()

@@ -1,0 +1,191 @@
+//! `keygate.v1.TokenExchange`: a platform OIDC token for a scoped keygate credential (RFC 8693
+//! semantics). Callers learn a stable reason code only; logs and `Admin.Explain` hold the rest.
+use super::{ApiError, AppState};
+use crate::credential::lease::{Lease, LeaseStore};
+use crate::pb;
+use crate::policy::scope::{self, Scope};
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// RFC 8693 token type of what keygate issues.
+pub const ISSUED_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ACCEPTED_SUBJECT_TYPES: &[&str] = &[
+    "",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:jwt",
+];
+
+/// Claims copied into the credential's `src` and the lease: what ties an access to one
+/// workflow run or pod.
+const KEY_CLAIMS: &[&str] = &[
+    "repository",
+    "repository_id",
+    "repository_owner",
+    "ref",
+    "sha",
+    "run_id",
+    "run_attempt",
+    "workflow",
+    "job_workflow_ref",
+    "environment",
+    "event_name",
+    "project_path",
+    "project_id",
+    "pipeline_id",
+    "job_id",
+    "organization_slug",
+    "pipeline_slug",
+    "build_number",
+    "oidc.circleci.com/project-id",
+];
+
+/// The source identity's key claims.
+pub fn source_claims(issuer: &str, claims: &Value) -> Value {
+    let mut m = Map::new();
+    m.insert("iss".into(), Value::String(issuer.to_string()));
+    for k in KEY_CLAIMS {
+        if let Some(v) = claims.get(*k) {
+            m.insert((*k).to_string(), v.clone());
+        }
+    }
+    if let Some(k8s) = claims.get("kubernetes.io") {
+        for (name, ptr) in [
+            ("namespace", "/namespace"),
+            ("serviceaccount", "/serviceaccount/name"),
+            ("pod", "/pod/name"),
+        ] {
+            if let Some(v) = k8s.pointer(ptr) {
+                m.insert(name.into(), v.clone());
+            }
+        }
+    }
+    Value::Object(m)
+}
+
+/// The TokenExchange service.
+pub struct ExchangeApi {
+    state: Arc<AppState>,
+}
+
+impl ExchangeApi {
+    /// Over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    async fn exchange(&self, req: pb::ExchangeRequest) -> Result<pb::ExchangeResponse, ApiError> {
+        let refuse = |code: &'static str, detail: String| ApiError::Exchange { code, detail };
+        if !ACCEPTED_SUBJECT_TYPES.contains(&req.subject_token_type.as_str()) {
+            return Err(refuse(
+                "invalid_request",
+                format!("subject_token_type {:?}", req.subject_token_type),
+            ));
+        }
+        if req.role.is_empty() {
+            return Err(refuse("invalid_request", "role is required".into()));
+        }
+        if !req.audience.is_empty() && req.audience != self.state.credentials.audience() {
+            return Err(refuse(
+                "invalid_target",
+                format!("audience {:?}", req.audience),
+            ));
+        }
+        let requested: Vec<Scope> = req
+            .scopes
+            .iter()
+            .map(|s| Scope::parse(s))
+            .collect::<Result<_, _>>()
+            .map_err(|e| refuse("invalid_scope", e))?;
+        let trust = self.state.trust();
+        let v = trust
+            .verify(&req.subject_token)
+            .await
+            .map_err(|e| refuse(e.code(), e.to_string()))?;
+        let role = trust
+            .role(&req.role)
+            .ok_or_else(|| refuse("no_matching_role", format!("no role named {:?}", req.role)))?;
+        role.check(&v.issuer.name, v.issuer.platform, &v.claims)
+            .map_err(|m| refuse("no_matching_role", format!("role {}: {}", role.name, m.0)))?;
+        let granted = scope::intersect(&requested, &role.scopes);
+        if granted.is_empty() {
+            return Err(refuse(
+                "scope_not_allowed",
+                "no requested scope is allowed by the role".into(),
+            ));
+        }
+        let now = self.state.now();
+        let wanted = if req.ttl_seconds == 0 {
+            role.ttl_secs
+        } else {
+            req.ttl_seconds
+        };
+        let mut ttl = wanted.min(role.ttl_secs).min(role.max_ttl_secs);
+        let mut max_expires = now + role.max_ttl_secs;
+        if role.cap_at_token_expiry {
+            ttl = ttl.min(v.exp.saturating_sub(now));
+            max_expires = max_expires.min(v.exp);
+        }
+        if ttl == 0 {
+            return Err(refuse(
+                "token_expired",
+                "no lifetime left under the platform token's expiry".into(),
+            ));
+        }
+        let sub = v
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let lease = Lease {
+            lease_id: LeaseStore::new_id(&role.name, &sub),
+            role: role.name.clone(),
+            sub,
+            scopes: granted.iter().map(|s| s.to_string()).collect(),
+            src: source_claims(&v.issuer.issuer, &v.claims),
+            issued_at: now,
+            expires_at: now + ttl,
+            max_expires_at: max_expires,
+            revoked_at: None,
+        };
+        self.state.credentials.leases.create(&lease).await?;
+        let token = self
+            .state
+            .credentials
+            .mint(&lease, now + ttl)
+            .await
+            .map_err(|e| refuse("server_error", e.to_string()))?;
+        tracing::info!(role = %lease.role, lease_id = %lease.lease_id, ttl, scopes = ?lease.scopes, "credential issued");
+        Ok(pb::ExchangeResponse {
+            access_token: token,
+            issued_token_type: ISSUED_TOKEN_TYPE.into(),
+            token_type: "Bearer".into(),
+            expires_in: ttl,
+            scopes: lease.scopes,
+            lease_id: lease.lease_id,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl pb::token_exchange_server::TokenExchange for ExchangeApi {
+    async fn exchange(
+        &self,
+        request: Request<pb::ExchangeRequest>,
+    ) -> Result<Response<pb::ExchangeResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let role = req.role.clone();
+        let result = self.exchange(req).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ApiError::Exchange { code, .. }) => code,
+            Err(_) => "error",
+        };
+        self.state.metrics.exchange(&role, outcome);
+        self.state
+            .finish("keygate.v1.TokenExchange/Exchange", started, result)
+    }
+}

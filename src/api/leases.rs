@@ -1,0 +1,186 @@
+//! `keygate.v1.Leases`: a credential renews, revokes and lists its own lease; the admin (mTLS
+//! or `admin:*` scope) acts on any.
+use super::{caller_of, ApiError, AppState};
+use crate::authz::{Action, Principal};
+use crate::clock::to_timestamp;
+use crate::credential::lease::Lease;
+use crate::pb;
+use std::sync::Arc;
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// The Leases service.
+pub struct LeasesApi {
+    state: Arc<AppState>,
+}
+
+impl LeasesApi {
+    /// Over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn to_pb(l: &Lease) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.lease_id.clone(),
+        issued_at: Some(to_timestamp(l.issued_at * 1000)),
+        expires_at: Some(to_timestamp(l.expires_at * 1000)),
+        renewable: l.revoked_at.is_none() && l.expires_at < l.max_expires_at,
+        role: l.role.clone(),
+        subject: l.sub.clone(),
+        scopes: l.scopes.clone(),
+        max_expires_at: Some(to_timestamp(l.max_expires_at * 1000)),
+        revoked_at: l.revoked_at.map(|t| to_timestamp(t * 1000)),
+    }
+}
+
+/// The lease a principal may act on: its own, or any for an admin.
+fn target(who: &Principal, asked: &str) -> Result<String, ApiError> {
+    let admin = who.allows(Action::Admin, "leases");
+    match who.lease_id() {
+        Some(own) if asked.is_empty() || asked == own => Ok(own.to_string()),
+        _ if admin && !asked.is_empty() => Ok(asked.to_string()),
+        _ if asked.is_empty() => Err(ApiError::InvalidArgument("lease_id is required".into())),
+        _ => Err(crate::authz::AuthzError::PermissionDenied.into()),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::leases_server::Leases for LeasesApi {
+    async fn renew(
+        &self,
+        request: Request<pb::RenewLeaseRequest>,
+    ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = async {
+            let who = self.state.authz.authenticate(&caller).await?;
+            let id = target(&who, &req.lease_id)?;
+            let lease = self
+                .state
+                .credentials
+                .leases
+                .get(&id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("lease {id:?} not found")))?;
+            let trust = self.state.trust();
+            let default = trust.role(&lease.role).map(|r| r.ttl_secs).unwrap_or(900);
+            let inc = if req.increment_seconds == 0 {
+                default
+            } else {
+                req.increment_seconds
+            };
+            let lease = self
+                .state
+                .credentials
+                .leases
+                .renew(&id, inc)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::FailedPrecondition("lease is revoked or expired".into())
+                })?;
+            let token = self
+                .state
+                .credentials
+                .mint(&lease, lease.expires_at)
+                .await
+                .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
+            Ok(pb::RenewLeaseResponse {
+                expires_in: lease.expires_at.saturating_sub(self.state.now()),
+                lease: Some(to_pb(&lease)),
+                access_token: token,
+            })
+        }
+        .await;
+        self.state
+            .finish("keygate.v1.Leases/Renew", started, result)
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = async {
+            let who = self.state.authz.authenticate(&caller).await?;
+            let id = target(&who, &req.lease_id)?;
+            let done = self
+                .state
+                .credentials
+                .leases
+                .revoke_prefix(&id, true)
+                .await?;
+            tracing::info!(lease_id = %id, revoked = done.len(), "lease revoked");
+            Ok(pb::RevokeLeaseResponse {
+                revoked: done.len() as u64,
+            })
+        }
+        .await;
+        self.state
+            .finish("keygate.v1.Leases/Revoke", started, result)
+    }
+
+    async fn revoke_prefix(
+        &self,
+        request: Request<pb::RevokePrefixRequest>,
+    ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = async {
+            let who = self.state.authz.authenticate(&caller).await?;
+            who.require(Action::Admin, "leases")?;
+            if req.prefix.is_empty() {
+                return Err(ApiError::InvalidArgument(
+                    "a prefix is required (use the role name, e.g. \"deploy/\")".into(),
+                ));
+            }
+            let done = self
+                .state
+                .credentials
+                .leases
+                .revoke_prefix(&req.prefix, false)
+                .await?;
+            tracing::warn!(prefix = %req.prefix, revoked = done.len(), "leases revoked by prefix");
+            Ok(pb::RevokeLeaseResponse {
+                revoked: done.len() as u64,
+            })
+        }
+        .await;
+        self.state
+            .finish("keygate.v1.Leases/RevokePrefix", started, result)
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListLeasesRequest>,
+    ) -> Result<Response<pb::ListLeasesResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let req = request.into_inner();
+        let result = async {
+            let who = self.state.authz.authenticate(&caller).await?;
+            let leases = if who.allows(Action::Admin, "leases") {
+                self.state.credentials.leases.list(&req.prefix).await?
+            } else {
+                let own = who.lease_id().unwrap_or("").to_string();
+                self.state
+                    .credentials
+                    .leases
+                    .get(&own)
+                    .await?
+                    .into_iter()
+                    .collect()
+            };
+            Ok(pb::ListLeasesResponse {
+                leases: leases.iter().map(to_pb).collect(),
+            })
+        }
+        .await;
+        self.state.finish("keygate.v1.Leases/List", started, result)
+    }
+}

@@ -1,0 +1,378 @@
+//! keygate's own credentials: Ed25519-signed JWTs tied to a lease, checked (signature, expiry,
+//! lease revocation) on every call. Signing keys live encrypted in the secret store under the
+//! reserved path `_sys/signing-keys` and rotate on a period; a retired key stays published until
+//! every credential it can have signed has expired.
+pub mod lease;
+
+use crate::clock::Clock;
+use crate::policy::scope::Scope;
+use crate::secrets::{PutOptions, SecretStore, SecretsError};
+use crate::sensitive::{SecretBytes, SecretFields};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use lease::{Lease, LeaseStore};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::RwLock;
+
+/// Reserved secret path of the signing keys (never reachable through the Secrets API).
+pub const SIGNING_KEYS_PATH: &str = "_sys/signing-keys";
+
+/// Why a credential was refused (the caller sees only `UNAUTHENTICATED`).
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// Malformed, wrong signature, wrong issuer/audience.
+    #[error("invalid credential: {0}")]
+    Invalid(String),
+    /// Past `exp` or the lease's expiry.
+    #[error("credential expired")]
+    Expired,
+    /// The lease was revoked.
+    #[error("credential revoked")]
+    Revoked,
+    /// Storage or key problems.
+    #[error("credential store: {0}")]
+    Store(String),
+}
+
+impl From<SecretsError> for CredentialError {
+    fn from(e: SecretsError) -> Self {
+        CredentialError::Store(e.to_string())
+    }
+}
+
+/// The claims keygate signs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// keygate's URL.
+    pub iss: String,
+    /// The platform subject.
+    pub sub: String,
+    /// keygate's credential audience.
+    pub aud: String,
+    /// Expiry (s).
+    pub exp: u64,
+    /// Issued at (s).
+    pub iat: u64,
+    /// Not before (s).
+    pub nbf: u64,
+    /// Unique id of this token.
+    pub jti: String,
+    /// The lease it belongs to.
+    pub lease_id: String,
+    /// The role it was issued for.
+    pub role: String,
+    /// Granted scopes, space-separated (RFC 8693 `scope`).
+    pub scope: String,
+    /// The source identity's key claims (issuer, repository, ref, sha, run, namespace, …).
+    pub src: Value,
+}
+
+struct SigningKey {
+    kid: String,
+    created: u64,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    x: String,
+}
+
+struct KeySet {
+    /// Oldest first; the last one signs.
+    keys: Vec<SigningKey>,
+    version: u64,
+}
+
+/// A verified credential.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    /// Its claims.
+    pub claims: Claims,
+    /// Parsed scopes.
+    pub scopes: Vec<Scope>,
+}
+
+/// Mints and checks credentials.
+pub struct Credentials {
+    store: Arc<SecretStore>,
+    /// Leases.
+    pub leases: LeaseStore,
+    clock: Arc<dyn Clock>,
+    url: String,
+    audience: String,
+    rotation_secs: u64,
+    retain_secs: u64,
+    keys: RwLock<Arc<KeySet>>,
+}
+
+fn new_key(now: u64) -> Result<(String, SecretBytes), CredentialError> {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| CredentialError::Store("key generation failed".into()))?;
+    let mut id = [0u8; 6];
+    aws_lc_rs::rand::fill(&mut id)
+        .map_err(|_| CredentialError::Store("random source failed".into()))?;
+    Ok((
+        format!("{now}-{}", hex::encode(id)),
+        SecretBytes::new(doc.as_ref().to_vec()),
+    ))
+}
+
+fn load_keys(
+    fields: &SecretFields,
+    meta: &BTreeMap<String, String>,
+) -> Result<Vec<SigningKey>, CredentialError> {
+    let mut keys = Vec::new();
+    for (kid, pkcs8) in fields.iter() {
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.expose())
+            .map_err(|_| CredentialError::Store(format!("signing key {kid} is corrupt")))?;
+        let x = B64URL.encode(pair.public_key().as_ref());
+        let decoding = DecodingKey::from_ed_components(&x)
+            .map_err(|e| CredentialError::Store(e.to_string()))?;
+        keys.push(SigningKey {
+            kid: kid.clone(),
+            created: meta.get(kid).and_then(|c| c.parse().ok()).unwrap_or(0),
+            encoding: EncodingKey::from_ed_der(pkcs8.expose()),
+            decoding,
+            x,
+        });
+    }
+    keys.sort_by(|a, b| (a.created, &a.kid).cmp(&(b.created, &b.kid)));
+    Ok(keys)
+}
+
+impl Credentials {
+    /// Loads (or creates) the signing keys.
+    pub async fn open(
+        store: Arc<SecretStore>,
+        clock: Arc<dyn Clock>,
+        url: String,
+        audience: String,
+        rotation_secs: u64,
+        retain_secs: u64,
+    ) -> Result<Self, CredentialError> {
+        let leases = LeaseStore::new(store.storage().clone(), clock.clone());
+        let c = Self {
+            store,
+            leases,
+            clock,
+            url,
+            audience,
+            rotation_secs,
+            retain_secs,
+            keys: RwLock::new(Arc::new(KeySet {
+                keys: Vec::new(),
+                version: 0,
+            })),
+        };
+        c.reload().await?;
+        c.rotate_if_due().await?;
+        Ok(c)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_millis() / 1000
+    }
+
+    /// Re-reads the signing keys from the store (another replica may have rotated them).
+    pub async fn reload(&self) -> Result<(), CredentialError> {
+        match self.store.get_internal(SIGNING_KEYS_PATH).await {
+            Ok(v) => {
+                let keys = load_keys(&v.fields, &v.meta.custom_metadata)?;
+                *self.keys.write().await = Arc::new(KeySet {
+                    keys,
+                    version: v.version,
+                });
+                Ok(())
+            }
+            Err(SecretsError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates a new signing key when the current one is older than the rotation period, and
+    /// drops retired keys whose credentials have all expired. Safe to call from every replica.
+    pub async fn rotate_if_due(&self) -> Result<bool, CredentialError> {
+        for _ in 0..5 {
+            let now = self.now();
+            let set = self.keys.read().await.clone();
+            let due = set
+                .keys
+                .last()
+                .is_none_or(|k| now.saturating_sub(k.created) >= self.rotation_secs);
+            if !due {
+                return Ok(false);
+            }
+            let mut fields = SecretFields::new();
+            let mut meta = BTreeMap::new();
+            // keep a key while a credential it signed can still be valid: it stopped signing
+            // when its successor was created, plus the longest credential lifetime
+            for (i, k) in set.keys.iter().enumerate() {
+                let retired_at = set.keys.get(i + 1).map(|n| n.created).unwrap_or(now);
+                if retired_at + self.retain_secs >= now {
+                    let v = self.store.get_internal(SIGNING_KEYS_PATH).await?;
+                    if let Some(p) = v.fields.get(&k.kid) {
+                        fields.insert(k.kid.clone(), p.clone());
+                        meta.insert(k.kid.clone(), k.created.to_string());
+                    }
+                }
+            }
+            let (kid, pkcs8) = new_key(now)?;
+            fields.insert(kid.clone(), pkcs8);
+            meta.insert(kid.clone(), now.to_string());
+            let opts = PutOptions {
+                cas: Some(set.version),
+                max_versions: Some(2),
+                custom_metadata: Some(meta),
+            };
+            match self
+                .store
+                .put_internal(SIGNING_KEYS_PATH, &fields, &opts)
+                .await
+            {
+                Ok(_) => {
+                    self.reload().await?;
+                    tracing::info!(kid = %kid, "credential signing key rotated");
+                    return Ok(true);
+                }
+                Err(SecretsError::CasMismatch { .. }) => self.reload().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CredentialError::Store(
+            "signing key rotation kept conflicting".into(),
+        ))
+    }
+
+    /// The public JWKS document.
+    pub async fn jwks(&self) -> Value {
+        let set = self.keys.read().await.clone();
+        let keys: Vec<Value> = set
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig",
+                    "kid": k.kid, "x": k.x,
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+
+    /// The OpenID discovery document for keygate's credentials.
+    pub fn discovery(&self) -> Value {
+        serde_json::json!({
+            "issuer": self.url,
+            "jwks_uri": format!("{}/.well-known/jwks.json", self.url),
+            "id_token_signing_alg_values_supported": ["EdDSA"],
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "lease_id", "role", "scope", "src"],
+        })
+    }
+
+    /// keygate's credential audience.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Signs a credential for `lease` valid until `exp`.
+    pub async fn mint(&self, lease: &Lease, exp: u64) -> Result<String, CredentialError> {
+        let set = self.keys.read().await.clone();
+        let key = set
+            .keys
+            .last()
+            .ok_or_else(|| CredentialError::Store("no signing key".into()))?;
+        let now = self.now();
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti)
+            .map_err(|_| CredentialError::Store("random source failed".into()))?;
+        let claims = Claims {
+            iss: self.url.clone(),
+            sub: lease.sub.clone(),
+            aud: self.audience.clone(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: hex::encode(jti),
+            lease_id: lease.lease_id.clone(),
+            role: lease.role.clone(),
+            scope: lease.scopes.join(" "),
+            src: lease.src.clone(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("JWT".into());
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
+            .map_err(|e| CredentialError::Store(e.to_string()))
+    }
+
+    /// Checks a presented credential: signature, issuer, audience, expiry, and its lease.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, CredentialError> {
+        if token.len() > crate::identity::MAX_TOKEN_BYTES {
+            return Err(CredentialError::Invalid("too large".into()));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| CredentialError::Invalid(e.to_string()))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(CredentialError::Invalid("not an EdDSA credential".into()));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| CredentialError::Invalid("no kid".into()))?;
+        let mut key = self.find(&kid).await;
+        if key.is_none() {
+            // another replica may have rotated
+            self.reload().await?;
+            key = self.find(&kid).await;
+        }
+        let key = key.ok_or_else(|| CredentialError::Invalid("unknown signing key".into()))?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.required_spec_claims = HashSet::new();
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.validate_aud = false;
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &v)
+            .map_err(|e| CredentialError::Invalid(e.to_string()))?;
+        let c = data.claims;
+        if c.iss != self.url || c.aud != self.audience {
+            return Err(CredentialError::Invalid("issuer or audience".into()));
+        }
+        let now = self.now();
+        if now >= c.exp {
+            return Err(CredentialError::Expired);
+        }
+        let lease = self
+            .leases
+            .get(&c.lease_id)
+            .await
+            .map_err(|e| CredentialError::Store(e.to_string()))?
+            .ok_or(CredentialError::Revoked)?;
+        if lease.revoked_at.is_some() {
+            return Err(CredentialError::Revoked);
+        }
+        if now >= lease.expires_at {
+            return Err(CredentialError::Expired);
+        }
+        let scopes = c
+            .scope
+            .split_whitespace()
+            .filter_map(|s| Scope::parse(s).ok())
+            .collect();
+        Ok(Authenticated { claims: c, scopes })
+    }
+
+    async fn find(&self, kid: &str) -> Option<DecodingKey> {
+        self.keys
+            .read()
+            .await
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .map(|k| k.decoding.clone())
+    }
+}
