@@ -101,6 +101,30 @@ pub fn issue_client_cert(
     write_private(out_key, &key.serialize_pem())
 }
 
+/// Issues a server certificate for `names` (DNS names or IPs), signed by the dev CA in `dir`.
+pub fn issue_server_cert(
+    dir: &Path,
+    names: &[&str],
+    out_cert: &Path,
+    out_key: &Path,
+) -> Result<(), String> {
+    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(|e| e.to_string())?;
+    let ca_key_pem = std::fs::read_to_string(dir.join("ca-key.pem")).map_err(|e| e.to_string())?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rc)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(rc)?;
+    let key = KeyPair::generate().map_err(rc)?;
+    let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .map_err(rc)?;
+    p.distinguished_name.push(
+        DnType::CommonName,
+        names.first().copied().unwrap_or("localhost"),
+    );
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = p.signed_by(&key, &issuer).map_err(rc)?;
+    write_public(out_cert, &cert.pem())?;
+    write_private(out_key, &key.serialize_pem())
+}
+
 /// Creates (or reuses) a dev directory. Existing files are never overwritten.
 pub fn init(dir: &Path, opts: &DevOptions) -> Result<DevPaths, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;

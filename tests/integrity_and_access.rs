@@ -140,7 +140,8 @@ async fn kek_rotation_under_concurrent_reads() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(text.contains("200 data keys rewrapped"), "{text}");
+    // 200 secrets plus keygate's own credential signing keys (`_sys/signing-keys`)
+    assert!(text.contains("201 data keys rewrapped"), "{text}");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     stop.store(true, Ordering::SeqCst);
     for r in readers {
@@ -176,7 +177,7 @@ async fn kek_rotation_under_concurrent_reads() {
         let old_kek = keygate::secrets::kek::load_file(&env.paths.dir.join("kek")).unwrap();
         let ring = keygate::secrets::envelope::Keyring::single(old_kek);
         let rows = s.scan_prefix(b"v/").await.unwrap();
-        assert_eq!(rows.len(), 200);
+        assert_eq!(rows.len(), 201);
         for (k, v) in rows {
             let (path, version) = keygate::secrets::model::parse_version_key(&k).unwrap();
             let rec: keygate::secrets::model::VersionRecord = serde_json::from_slice(&v).unwrap();

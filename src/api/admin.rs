@@ -178,6 +178,17 @@ impl pb::admin_server::Admin for AdminApi {
             .finish("keygate.v1.Admin/ListRoles", started, result)
     }
 
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let result = self.rotate_signing(caller).await;
+        self.state
+            .finish("keygate.v1.Admin/RotateSigningKey", started, result)
+    }
+
     async fn get_role(
         &self,
         request: Request<pb::GetRoleRequest>,
@@ -200,6 +211,27 @@ impl pb::admin_server::Admin for AdminApi {
         .await;
         self.state
             .finish("keygate.v1.Admin/GetRole", started, result)
+    }
+}
+
+impl AdminApi {
+    async fn rotate_signing(
+        &self,
+        caller: crate::authz::Caller,
+    ) -> Result<pb::RotateSigningKeyResponse, ApiError> {
+        self.state
+            .authz
+            .authenticate(&caller)
+            .await?
+            .require(Action::Admin, "signing-keys")?;
+        self.state
+            .credentials
+            .rotate(true)
+            .await
+            .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
+        Ok(pb::RotateSigningKeyResponse {
+            kids: self.state.credentials.kids().await,
+        })
     }
 }
 

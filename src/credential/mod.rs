@@ -196,33 +196,56 @@ impl Credentials {
     /// Creates a new signing key when the current one is older than the rotation period, and
     /// drops retired keys whose credentials have all expired. Safe to call from every replica.
     pub async fn rotate_if_due(&self) -> Result<bool, CredentialError> {
+        self.rotate(false).await
+    }
+
+    /// Key ids currently published, oldest first.
+    pub async fn kids(&self) -> Vec<String> {
+        self.keys
+            .read()
+            .await
+            .keys
+            .iter()
+            .map(|k| k.kid.clone())
+            .collect()
+    }
+
+    /// Rotates when due, or now when `force`.
+    pub async fn rotate(&self, force: bool) -> Result<bool, CredentialError> {
         for _ in 0..5 {
-            let now = self.now();
+            // key times are in milliseconds so that two rotations in one second still order
+            let now = self.clock.now_millis();
             let set = self.keys.read().await.clone();
-            let due = set
-                .keys
-                .last()
-                .is_none_or(|k| now.saturating_sub(k.created) >= self.rotation_secs);
+            let due = force
+                || set
+                    .keys
+                    .last()
+                    .is_none_or(|k| now.saturating_sub(k.created) >= self.rotation_secs * 1000);
             if !due {
                 return Ok(false);
             }
             let mut fields = SecretFields::new();
             let mut meta = BTreeMap::new();
+            let stored = match self.store.get_internal(SIGNING_KEYS_PATH).await {
+                Ok(v) => Some(v),
+                Err(SecretsError::NotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
             // keep a key while a credential it signed can still be valid: it stopped signing
             // when its successor was created, plus the longest credential lifetime
             for (i, k) in set.keys.iter().enumerate() {
                 let retired_at = set.keys.get(i + 1).map(|n| n.created).unwrap_or(now);
-                if retired_at + self.retain_secs >= now {
-                    let v = self.store.get_internal(SIGNING_KEYS_PATH).await?;
-                    if let Some(p) = v.fields.get(&k.kid) {
+                if retired_at + self.retain_secs * 1000 >= now {
+                    if let Some(p) = stored.as_ref().and_then(|v| v.fields.get(&k.kid)) {
                         fields.insert(k.kid.clone(), p.clone());
                         meta.insert(k.kid.clone(), k.created.to_string());
                     }
                 }
             }
-            let (kid, pkcs8) = new_key(now)?;
+            let created = set.keys.last().map_or(now, |k| now.max(k.created + 1));
+            let (kid, pkcs8) = new_key(created)?;
             fields.insert(kid.clone(), pkcs8);
-            meta.insert(kid.clone(), now.to_string());
+            meta.insert(kid.clone(), created.to_string());
             let opts = PutOptions {
                 cas: Some(set.version),
                 max_versions: Some(2),

@@ -403,9 +403,15 @@ impl SecretStore {
             .collect()
     }
 
-    /// Number of secrets stored.
+    /// Number of secrets stored (keygate's own `_sys/` records not counted).
     pub async fn count(&self) -> Result<u64, SecretsError> {
-        Ok(self.storage.scan_prefix(b"m/").await?.len() as u64)
+        Ok(self
+            .storage
+            .scan_prefix(b"m/")
+            .await?
+            .iter()
+            .filter(|(k, _)| !k.starts_with(b"m/_sys/"))
+            .count() as u64)
     }
 
     /// Soft-deletes versions (empty = current).

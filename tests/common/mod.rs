@@ -3,6 +3,8 @@
 //! can check that no secret value ever reached a log.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod issuer;
+
 use keygate::devenv::{DevOptions, DevPaths};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

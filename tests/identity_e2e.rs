@@ -1,0 +1,794 @@
+//! Identity end to end: a real HTTPS OIDC issuer on loopback (discovery + JWKS, fresh RSA and EC
+//! keys), the real daemon over TLS, platform-shaped tokens, the attack matrix, key rotation on
+//! both sides, credentials scoped, expiring and revoked.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::issuer::{fixture, now, TestIssuer, TestKey};
+use common::*;
+use keygate::pb;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tonic::transport::Channel;
+
+const AUD: &str = "https://keygate.test";
+const GH: &str = "https://token.actions.githubusercontent.com";
+const GL: &str = "https://gitlab.acme.example";
+const K8S: &str = "https://kubernetes.default.svc.cluster.local";
+const RP: &str = "https://ci.replay.example";
+
+struct World {
+    env: TestEnv,
+    issuer: TestIssuer,
+    rsa: Arc<TestKey>,
+    ec: Arc<TestKey>,
+}
+
+async fn world() -> World {
+    let env = TestEnv::new();
+    let issuer = TestIssuer::start(&env.paths.dir, "main").await;
+    let rsa = Arc::new(TestKey::rsa("rsa-1"));
+    let ec = Arc::new(TestKey::ec("ec-1"));
+    issuer.publish(&rsa);
+    issuer.publish(&ec);
+    let gh = issuer.tenant("gh", GH);
+    let gl = issuer.tenant("gl", GL);
+    let k8s = issuer.tenant("k8s", K8S);
+    let rp = issuer.tenant("rp", RP);
+    let extra = format!(
+        r#"
+[identity]
+url = "https://keygate.test"
+
+[[issuers]]
+name = "github"
+preset = "github-actions"
+discovery_url = "{gh}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+cache_min_secs = 1
+
+[[issuers]]
+name = "gitlab"
+preset = "gitlab"
+issuer = "{GL}"
+discovery_url = "{gl}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "k8s"
+preset = "kubernetes"
+issuer = "{K8S}"
+discovery_url = "{k8s}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "replay"
+issuer = "{RP}"
+discovery_url = "{rp}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+refuse_jti_replay = true
+
+[[roles]]
+name = "deploy"
+issuer = "github"
+bound_subject = {{ glob = "repo:acme/app:**" }}
+claims = {{ repository_id = "123456", ref = "refs/heads/main", event_name = ["push", "workflow_dispatch"], ref_protected = true }}
+scopes = ["read:prod/api/*", "list:prod/**"]
+
+[[roles]]
+name = "short"
+issuer = "github"
+claims = {{ repository_id = "123456" }}
+scopes = ["read:prod/api/*"]
+ttl_secs = 2
+max_ttl_secs = 4
+
+[[roles]]
+name = "gl-deploy"
+issuer = "gitlab"
+claims = {{ project_id = 20, ref_protected = "true", environment = {{ glob = "prod*" }} }}
+scopes = ["read:gl/*"]
+
+[[roles]]
+name = "k8s-api"
+issuer = "k8s"
+claims = {{ "/kubernetes.io/namespace" = "prod", "/kubernetes.io/serviceaccount/name" = "api" }}
+scopes = ["read:k8s/*"]
+
+[[roles]]
+name = "once"
+issuer = "replay"
+bound_subject = "job-1"
+scopes = ["read:x/*"]
+"#
+    );
+    let cfg = std::fs::read_to_string(&env.paths.config).unwrap();
+    std::fs::write(&env.paths.config, cfg + &extra).unwrap();
+    World {
+        env,
+        issuer,
+        rsa,
+        ec,
+    }
+}
+
+async fn exchange(
+    ch: &Channel,
+    token: &str,
+    role: &str,
+    scopes: &[&str],
+) -> Result<pb::ExchangeResponse, tonic::Status> {
+    pb::token_exchange_client::TokenExchangeClient::new(ch.clone())
+        .exchange(pb::ExchangeRequest {
+            subject_token: token.into(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+            role: role.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ttl_seconds: 0,
+            audience: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn code(r: Result<pb::ExchangeResponse, tonic::Status>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(s) => s.message().to_string(),
+    }
+}
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn get_as(
+    ch: &Channel,
+    token: &str,
+    path: &str,
+) -> Result<pb::GetSecretResponse, tonic::Status> {
+    pb::secrets_client::SecretsClient::new(ch.clone())
+        .get(bearer(
+            pb::GetSecretRequest {
+                path: path.into(),
+                version: 0,
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platform_tokens_exchange_and_one_claim_off_is_refused() {
+    let w = world().await;
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+
+    let gh = fixture("github-actions", GH, AUD);
+    let ok = exchange(&ch, &w.rsa.sign(&gh), "deploy", &[])
+        .await
+        .unwrap();
+    assert_eq!(ok.token_type, "Bearer");
+    assert_eq!(ok.issued_token_type, "urn:ietf:params:oauth:token-type:jwt");
+    assert_eq!(ok.scopes, vec!["read:prod/api/*", "list:prod/**"]);
+    assert!(ok.expires_in > 0 && ok.expires_in <= 900);
+    assert!(
+        ok.lease_id
+            .starts_with("deploy/repo:acme/app:ref:refs/heads/main/"),
+        "{}",
+        ok.lease_id
+    );
+
+    for (claim, value) in [
+        ("repository_id", json!("654321")),
+        ("ref", json!("refs/heads/dev")),
+        ("event_name", json!("pull_request_target")),
+        ("event_name", json!("pull_request")),
+        ("ref_protected", json!("false")),
+        ("sub", json!("repo:evil/app:ref:refs/heads/main")),
+    ] {
+        let mut t = gh.clone();
+        t[claim] = value.clone();
+        assert_eq!(
+            code(exchange(&ch, &w.rsa.sign(&t), "deploy", &[]).await),
+            "no_matching_role",
+            "{claim}={value}"
+        );
+    }
+    // booleans as the platform emits them ("true") and as JSON true both match ref_protected = true
+    let mut t = gh.clone();
+    t["ref_protected"] = json!(true);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "deploy", &[]).await),
+        "ok"
+    );
+
+    let gl = fixture("gitlab", GL, AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&gl), "gl-deploy", &[]).await),
+        "ok"
+    );
+    for (claim, value) in [
+        ("project_id", json!("21")),
+        ("environment", json!("staging")),
+        ("ref_protected", json!("false")),
+    ] {
+        let mut t = gl.clone();
+        t[claim] = value;
+        assert_eq!(
+            code(exchange(&ch, &w.rsa.sign(&t), "gl-deploy", &[]).await),
+            "no_matching_role",
+            "{claim}"
+        );
+    }
+
+    let k = fixture("kubernetes", K8S, AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.ec.sign(&k), "k8s-api", &[]).await),
+        "ok",
+        "ES256 kubernetes token"
+    );
+    let mut t = k.clone();
+    t["kubernetes.io"]["namespace"] = json!("dev");
+    assert_eq!(
+        code(exchange(&ch, &w.ec.sign(&t), "k8s-api", &[]).await),
+        "no_matching_role"
+    );
+    let mut t = k.clone();
+    t["kubernetes.io"]["serviceaccount"]["name"] = json!("web");
+    assert_eq!(
+        code(exchange(&ch, &w.ec.sign(&t), "k8s-api", &[]).await),
+        "no_matching_role"
+    );
+
+    // a valid token of one issuer does not get another issuer's role, nor an unknown role
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&gh), "gl-deploy", &[]).await),
+        "no_matching_role"
+    );
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&gh), "nope", &[]).await),
+        "no_matching_role"
+    );
+
+    // scopes: intersection, never more
+    let r = exchange(
+        &ch,
+        &w.rsa.sign(&gh),
+        "deploy",
+        &["read:prod/api/db", "write:prod/api/db"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.scopes, vec!["read:prod/api/db"]);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&gh), "deploy", &["read:prod/**"]).await),
+        "scope_not_allowed"
+    );
+
+    // Explain tells the operator what the caller never learns
+    let mut t = gh.clone();
+    t["ref"] = json!("refs/heads/dev");
+    let mut admin = pb::admin_client::AdminClient::new(w.env.admin_channel(&d).await);
+    let ex = admin
+        .explain(pb::ExplainRequest {
+            token: w.rsa.sign(&t),
+            role: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(ex.token_valid);
+    assert_eq!(ex.issuer, "github");
+    let deploy = ex.roles.iter().find(|r| r.role == "deploy").unwrap();
+    assert!(!deploy.matched);
+    assert!(
+        deploy.reason.contains("\"ref\"") && deploy.reason.contains("refs/heads/dev"),
+        "{}",
+        deploy.reason
+    );
+    assert!(ex.roles.iter().any(|r| r.role == "short" && r.matched));
+    let roles = admin
+        .list_roles(pb::ListRolesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(roles.roles.len(), 5);
+    assert_eq!(d.stop(), 0);
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attack_matrix() {
+    let w = world().await;
+    let attacker = TestIssuer::start(&w.env.paths.dir, "attacker").await;
+    let evil = TestKey::rsa("rsa-1"); // same kid as the real key, different key
+    attacker.publish(&evil);
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    let good = fixture("github-actions", GH, AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&good), "deploy", &[]).await),
+        "ok"
+    );
+    let n = now();
+
+    // alg: none
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&good)
+    );
+    assert_eq!(
+        code(exchange(&ch, &none, "deploy", &[]).await),
+        "invalid_token"
+    );
+    // HS256 signed with the issuer's public key (algorithm confusion)
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("rsa-1".into());
+    let hs = jsonwebtoken::encode(
+        &h,
+        &good,
+        &jsonwebtoken::EncodingKey::from_secret(w.rsa.public_pem.as_bytes()),
+    )
+    .unwrap();
+    assert_eq!(
+        code(exchange(&ch, &hs, "deploy", &[]).await),
+        "invalid_token"
+    );
+    // a valid token from a second issuer claiming the first's iss (same kid, other key)
+    assert_eq!(
+        code(exchange(&ch, &evil.sign(&good), "deploy", &[]).await),
+        "invalid_token"
+    );
+
+    let variant = |f: &dyn Fn(&mut Value)| {
+        let mut t = good.clone();
+        f(&mut t);
+        w.rsa.sign(&t)
+    };
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "wrong aud",
+            variant(&|t| t["aud"] = json!("https://other.example")),
+            "invalid_audience",
+        ),
+        (
+            "missing aud",
+            variant(&|t| {
+                t.as_object_mut().unwrap().remove("aud");
+            }),
+            "invalid_token",
+        ),
+        (
+            "extra aud",
+            variant(&|t| t["aud"] = json!([AUD, "https://other.example"])),
+            "invalid_audience",
+        ),
+        (
+            "expired",
+            variant(&|t| {
+                t["exp"] = json!(n - 120);
+                t["iat"] = json!(n - 400);
+            }),
+            "token_expired",
+        ),
+        (
+            "nbf future",
+            variant(&|t| t["nbf"] = json!(n + 600)),
+            "token_not_yet_valid",
+        ),
+        (
+            "iat future",
+            variant(&|t| t["iat"] = json!(n + 600)),
+            "token_not_yet_valid",
+        ),
+        (
+            "too old",
+            variant(&|t| {
+                t["iat"] = json!(n - 3000);
+                t["exp"] = json!(n + 300);
+            }),
+            "token_too_old",
+        ),
+        (
+            "exp string",
+            variant(&|t| t["exp"] = json!((n + 300).to_string())),
+            "invalid_token",
+        ),
+        (
+            "nbf string",
+            variant(&|t| t["nbf"] = json!("0")),
+            "invalid_token",
+        ),
+        (
+            "missing exp",
+            variant(&|t| {
+                t.as_object_mut().unwrap().remove("exp");
+            }),
+            "invalid_token",
+        ),
+        (
+            "missing iat",
+            variant(&|t| {
+                t.as_object_mut().unwrap().remove("iat");
+            }),
+            "invalid_token",
+        ),
+        ("garbage", "not.a.jwt".to_string(), "invalid_token"),
+        ("empty", String::new(), "invalid_token"),
+    ];
+    for (name, token, want) in &cases {
+        assert_eq!(
+            code(exchange(&ch, token, "deploy", &[]).await),
+            *want,
+            "{name}"
+        );
+    }
+
+    // unknown kid: one refetch, then refused; a second try within the interval does not refetch
+    let before = w.issuer.jwks_hits();
+    let stranger = TestKey::rsa("rsa-unknown");
+    assert_eq!(
+        code(exchange(&ch, &stranger.sign(&good), "deploy", &[]).await),
+        "invalid_token"
+    );
+    assert_eq!(w.issuer.jwks_hits(), before + 1, "exactly one refetch");
+    assert_eq!(
+        code(exchange(&ch, &stranger.sign(&good), "deploy", &[]).await),
+        "invalid_token"
+    );
+    assert_eq!(w.issuer.jwks_hits(), before + 1, "rate-limited");
+
+    // jku / x5u headers pointing at the attacker are never followed
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("rsa-1".into());
+    h.jku = Some(format!("{}/gh/jwks", attacker.base));
+    h.x5u = Some(format!("{}/x5u", attacker.base));
+    assert_eq!(
+        code(exchange(&ch, &evil.sign_with(h, &good), "deploy", &[]).await),
+        "invalid_token"
+    );
+    // an iss naming an unconfigured URL: refused, nothing fetched from it
+    let mut t = good.clone();
+    t["iss"] = json!(format!("{}/gh", attacker.base));
+    attacker.tenant("gh", &format!("{}/gh", attacker.base));
+    assert_eq!(
+        code(exchange(&ch, &evil.sign(&t), "deploy", &[]).await),
+        "untrusted_issuer"
+    );
+    assert!(
+        attacker.hits().is_empty(),
+        "keygate contacted the attacker: {:?}",
+        attacker.hits()
+    );
+
+    // a 1 MiB token is refused before parsing
+    let big = "a".repeat(1024 * 1024);
+    assert_eq!(
+        code(exchange(&ch, &big, "deploy", &[]).await),
+        "token_too_large"
+    );
+
+    // jti replay where the issuer refuses it
+    let mut once = fixture("github-actions", RP, AUD);
+    once["sub"] = json!("job-1");
+    once["jti"] = json!("run-1-attempt-1");
+    let tok = w.rsa.sign(&once);
+    assert_eq!(code(exchange(&ch, &tok, "once", &[]).await), "ok");
+    assert_eq!(
+        code(exchange(&ch, &tok, "once", &[]).await),
+        "token_replayed"
+    );
+    once.as_object_mut().unwrap().remove("jti");
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&once), "once", &[]).await),
+        "invalid_token",
+        "jti required there"
+    );
+    // ... while on issuers without replay refusal the same token works twice
+    let tok = w.rsa.sign(&good);
+    assert_eq!(code(exchange(&ch, &tok, "deploy", &[]).await), "ok");
+    assert_eq!(code(exchange(&ch, &tok, "deploy", &[]).await), "ok");
+    // the daemon is still serving
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&good), "deploy", &[]).await),
+        "ok"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn issuer_key_rotation_and_outage() {
+    let w = world().await;
+    // short cache lifetime (clamped to the issuer's 1 s minimum), so the outage is noticed
+    *w.issuer.state.cache_control.lock().unwrap() = Some("public, max-age=1".into());
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    let good = fixture("github-actions", GH, AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&good), "deploy", &[]).await),
+        "ok"
+    );
+    // the issuer rotates: a new kid is picked up without a restart
+    let k2 = TestKey::rsa("rsa-2");
+    let tok = k2.sign(&good);
+    w.issuer.publish(&k2);
+    assert_eq!(code(exchange(&ch, &tok, "deploy", &[]).await), "ok");
+    // the issuer goes down (and the cache is past its 1 s minimum): cached keys still work
+    w.issuer.set_down(true);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&good), "deploy", &[]).await),
+        "ok"
+    );
+    assert_eq!(
+        code(exchange(&ch, &k2.sign(&good), "deploy", &[]).await),
+        "ok"
+    );
+    let (_, metrics) = https_get(&w.env, d.http, "/metrics").await;
+    assert!(
+        metrics.contains(r#"keygate_jwks_fetches_total{issuer="github",outcome="failed"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"keygate_exchanges_total{role="deploy",outcome="ok"}"#),
+        "{metrics}"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_are_scoped_expire_and_revoke() {
+    let w = world().await;
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    let db = marker("db");
+    for (p, v) in [
+        ("prod/api/db", db.as_str()),
+        ("prod/billing/db", "billing"),
+        ("prod/api/cache", "c"),
+    ] {
+        assert!(w
+            .env
+            .cli(&d, &["put", p, &format!("v={v}")])
+            .status
+            .success());
+    }
+    let good = fixture("github-actions", GH, AUD);
+    let cred = exchange(&ch, &w.rsa.sign(&good), "deploy", &[])
+        .await
+        .unwrap();
+    let t = cred.access_token.clone();
+    assert_eq!(
+        get_as(&ch, &t, "prod/api/db").await.unwrap().fields["v"],
+        db.as_bytes()
+    );
+    assert_eq!(
+        get_as(&ch, &t, "prod/billing/db").await.unwrap_err().code(),
+        tonic::Code::PermissionDenied
+    );
+    let mut sc = pb::secrets_client::SecretsClient::new(ch.clone());
+    let w_err = sc
+        .put(bearer(
+            pb::PutSecretRequest {
+                path: "prod/api/db".into(),
+                fields: HashMap::from([("v".to_string(), b"x".to_vec())]),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(w_err.code(), tonic::Code::PermissionDenied);
+    let listed = sc
+        .list(bearer(pb::ListSecretsRequest { prefix: "".into() }, &t))
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<_> = listed.secrets.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(names, ["prod/api/cache", "prod/api/db", "prod/billing/db"]);
+    // a tampered credential is refused
+    let mut bad = t.clone();
+    bad.pop();
+    bad.push(if t.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(
+        get_as(&ch, &bad, "prod/api/db").await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+
+    // an open Watch ends when the lease is revoked
+    let mut watch = sc
+        .watch(bearer(
+            pb::WatchRequest {
+                paths: vec!["prod/api/db".into()],
+                prefixes: vec![],
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(w
+        .env
+        .cli(&d, &["put", "prod/api/db", "v=new"])
+        .status
+        .success());
+    let ev = watch.message().await.unwrap().unwrap();
+    assert_eq!(ev.version, 2);
+    let mut leases = pb::leases_client::LeasesClient::new(ch.clone());
+    let r = leases
+        .revoke(bearer(
+            pb::RevokeLeaseRequest {
+                lease_id: String::new(),
+            },
+            &t,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revoked, 1);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .unwrap();
+    assert_eq!(end.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let e = get_as(&ch, &t, "prod/api/db").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(e.message().contains("revoked"));
+
+    // RevokePrefix on the role (admin only)
+    let c1 = exchange(&ch, &w.rsa.sign(&good), "deploy", &[])
+        .await
+        .unwrap()
+        .access_token;
+    let c2 = exchange(&ch, &w.rsa.sign(&good), "deploy", &[])
+        .await
+        .unwrap()
+        .access_token;
+    let c3 = exchange(&ch, &w.rsa.sign(&good), "short", &[])
+        .await
+        .unwrap()
+        .access_token;
+    assert_eq!(
+        leases
+            .revoke_prefix(bearer(
+                pb::RevokePrefixRequest {
+                    prefix: "deploy/".into()
+                },
+                &c1
+            ))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::PermissionDenied
+    );
+    let mut admin_leases = pb::leases_client::LeasesClient::new(w.env.admin_channel(&d).await);
+    let r = admin_leases
+        .revoke_prefix(pb::RevokePrefixRequest {
+            prefix: "deploy/".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.revoked, 2);
+    for c in [&c1, &c2] {
+        assert_eq!(
+            get_as(&ch, c, "prod/api/db").await.unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+    }
+    // the other role's credential is untouched... until it expires (ttl 2 s)
+    assert!(get_as(&ch, &c3, "prod/api/db").await.is_ok());
+    // renewal extends up to max_ttl and hands back a fresh credential
+    let renewed = leases
+        .renew(bearer(
+            pb::RenewLeaseRequest {
+                lease_id: String::new(),
+                increment_seconds: 100,
+            },
+            &c3,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        renewed.expires_in <= 4,
+        "capped at max_ttl: {}",
+        renewed.expires_in
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    for c in [&c3, &renewed.access_token] {
+        let e = get_as(&ch, c, "prod/api/db").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.message().contains("expired"), "{e:?}");
+    }
+    assert_eq!(d.stop(), 0);
+    w.env.assert_logs_free_of(&[db, t, c1, c2, c3]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_verify_offline_against_published_jwks_across_signing_key_rotation() {
+    let w = world().await;
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    let good = fixture("github-actions", GH, AUD);
+    let old = exchange(&ch, &w.rsa.sign(&good), "deploy", &[])
+        .await
+        .unwrap()
+        .access_token;
+
+    let (code_, disc) = https_get(&w.env, d.http, "/.well-known/openid-configuration").await;
+    assert_eq!(code_, 200);
+    let disc: Value = serde_json::from_str(disc.trim()).unwrap();
+    assert_eq!(disc["issuer"], "https://keygate.test");
+    assert_eq!(
+        disc["jwks_uri"],
+        "https://keygate.test/.well-known/jwks.json"
+    );
+
+    let mut admin = pb::admin_client::AdminClient::new(w.env.admin_channel(&d).await);
+    let kids = admin
+        .rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kids;
+    assert_eq!(kids.len(), 2, "old key kept while its credentials live");
+    let new = exchange(&ch, &w.rsa.sign(&good), "deploy", &[])
+        .await
+        .unwrap()
+        .access_token;
+
+    let (_, jwks) = https_get(&w.env, d.http, "/.well-known/jwks.json").await;
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(jwks.trim()).unwrap();
+    assert_eq!(set.keys.len(), 2);
+    let mut seen_kids = Vec::new();
+    for tok in [&old, &new] {
+        // a standard JWT library, the published JWKS, nothing else
+        let kid = jsonwebtoken::decode_header(tok).unwrap().kid.unwrap();
+        let jwk = set.find(&kid).expect("kid published");
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        v.set_audience(&["https://keygate.test"]);
+        v.set_issuer(&["https://keygate.test"]);
+        let data = jsonwebtoken::decode::<Value>(tok, &key, &v).unwrap();
+        assert_eq!(data.claims["role"], "deploy");
+        assert_eq!(data.claims["src"]["repository"], "acme/app");
+        assert_eq!(data.claims["src"]["sha"], good["sha"]);
+        seen_kids.push(kid);
+        // and keygate itself still accepts it
+        assert_eq!(
+            get_as(&ch, tok, "prod/api/nothing")
+                .await
+                .unwrap_err()
+                .code(),
+            tonic::Code::NotFound
+        );
+    }
+    assert_ne!(seen_kids[0], seen_kids[1]);
+    // keys survive a restart
+    assert_eq!(d.stop(), 0);
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    assert_eq!(
+        get_as(&ch, &old, "prod/api/nothing")
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::NotFound
+    );
+    assert_eq!(d.stop(), 0);
+}
