@@ -36,6 +36,8 @@ pub struct DevOptions {
     pub grpc_listen: String,
     /// HTTPS listen address.
     pub http_listen: String,
+    /// Dev OIDC issuer listen address.
+    pub issuer_listen: String,
 }
 
 impl Default for DevOptions {
@@ -43,11 +45,13 @@ impl Default for DevOptions {
         Self {
             grpc_listen: "127.0.0.1:8443".into(),
             http_listen: "127.0.0.1:8444".into(),
+            issuer_listen: "127.0.0.1:8445".into(),
         }
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> Result<(), String> {
+/// Writes a new file with mode 0600 (refuses to overwrite).
+pub fn write_private(path: &Path, contents: &str) -> Result<(), String> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -161,7 +165,9 @@ pub fn init(dir: &Path, opts: &DevOptions) -> Result<DevPaths, String> {
     if !kek.exists() {
         crate::secrets::kek::generate_file(&kek)?;
     }
+    let dev_issuer = crate::devissuer::init(&dir, &opts.issuer_listen)?;
     if !paths.config.exists() {
+        let http_port = opts.http_listen.rsplit(':').next().unwrap_or("8444");
         let config = format!(
             r#"# Written by `keygate dev`. See config/keygate.toml in the repository for every key.
 [server]
@@ -186,9 +192,30 @@ subjects = ["CN={ADMIN_CN}"]
 
 [log]
 format = "text"
+
+[identity]
+url = "https://localhost:{http_port}"
+
+# The local dev issuer `keygate dev` runs (discovery + JWKS on loopback).
+[[issuers]]
+name = "dev"
+issuer = "{iss}"
+ca_file = "ca.pem"
+audience = "{aud}"
+
+# `keygate exchange --role demo --token-file <(keygate dev token)`
+[[roles]]
+name = "demo"
+issuer = "dev"
+bound_subject = {{ glob = "repo:acme/app:**" }}
+claims = {{ repository = "acme/app", ref = "refs/heads/main", event_name = "push" }}
+scopes = ["read:demo/*", "list:demo/**"]
+ttl_secs = 900
 "#,
             grpc = opts.grpc_listen,
             http = opts.http_listen,
+            iss = dev_issuer.issuer,
+            aud = crate::devissuer::DEV_AUDIENCE,
         );
         write_public(&paths.config, &config)?;
     }

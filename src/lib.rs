@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod devenv;
+pub mod devissuer;
 pub mod identity;
 pub mod logging;
 pub mod metrics;

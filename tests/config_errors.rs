@@ -215,3 +215,85 @@ async fn sighup_reload_keeps_serving_on_a_broken_file_and_applies_a_good_one() {
     wait_for_log(&d, r#""needs_restart":"[\"server\"]""#);
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn identity_config_refusals() {
+    let gh = "[[issuers]]\nname = \"gh\"\npreset = \"github-actions\"\naudience = \"https://keygate.test\"\n";
+    let cases: &[(&str, String, &[&str])] = &[
+        (
+            "role on a shared issuer pinning only the owner",
+            format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nclaims = {{ repository_owner = \"acme\" }}\nscopes = [\"read:a/*\"]\n"),
+            &["key `roles[0].claims`", "shared by every GitHub tenant", "repository_id"],
+        ),
+        (
+            "role constraining nothing",
+            format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nscopes = [\"read:a/*\"]\n"),
+            &["key `roles[0].claims`", "must constrain the token"],
+        ),
+        (
+            "wildcard owner",
+            format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nbound_subject = {{ glob = \"repo:*\" }}\nscopes = [\"read:a/*\"]\n"),
+            &["key `roles[0].claims`", "literal owner"],
+        ),
+        (
+            "HMAC algorithm",
+            format!("{gh}algorithms = [\"RS256\", \"HS256\"]\n"),
+            &["key `issuers[0].algorithms`", "symmetric"],
+        ),
+        (
+            "alg none",
+            format!("{gh}algorithms = [\"none\"]\n"),
+            &["key `issuers[0].algorithms`", "never accepted"],
+        ),
+        (
+            "http discovery without the dangerous flag",
+            "[[issuers]]\nname = \"x\"\nissuer = \"https://x.example\"\ndiscovery_url = \"http://127.0.0.1:9/.well-known/openid-configuration\"\naudience = \"a\"\n".into(),
+            &["key `issuers[0].discovery_url`", "HTTPS only", "dangerous_allow_http_loopback_issuers"],
+        ),
+        (
+            "http to a non-loopback host even with the flag",
+            "[identity]\ndangerous_allow_http_loopback_issuers = true\n\n[[issuers]]\nname = \"x\"\nissuer = \"https://x.example\"\njwks_url = \"http://10.0.0.1/jwks\"\naudience = \"a\"\n".into(),
+            &["key `issuers[0].jwks_url`", "only to a loopback IP"],
+        ),
+        (
+            "github preset with a foreign issuer",
+            "[[issuers]]\nname = \"gh\"\npreset = \"github-actions\"\nissuer = \"https://evil.example\"\naudience = \"a\"\n".into(),
+            &["key `issuers[0].issuer`", "token.actions.githubusercontent.com"],
+        ),
+        (
+            "role on an unknown issuer",
+            format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"nope\"\nclaims = {{ repository_id = 1 }}\nscopes = [\"read:a/*\"]\n"),
+            &["key `roles[0].issuer`", "no [[issuers]] entry is named \"nope\""],
+        ),
+        (
+            "bad scope",
+            format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nclaims = {{ repository_id = 1 }}\nscopes = [\"fly:a/*\"]\n"),
+            &["key `roles[0].scopes`", "unknown capability"],
+        ),
+        (
+            "unknown issuer key",
+            format!("{gh}jwks_uri = \"https://x\"\n"),
+            &["unknown field `jwks_uri`"],
+        ),
+    ];
+    for (name, extra, expect) in cases {
+        let env = TestEnv::new();
+        let text = std::fs::read_to_string(&env.paths.config).unwrap();
+        std::fs::write(&env.paths.config, text + "\n" + extra).unwrap();
+        let (code, stderr) = serve_with(&env);
+        assert_eq!(code, 64, "{name}: {stderr}");
+        for e in *expect {
+            assert!(stderr.contains(e), "{name}: {e:?} not in {stderr:?}");
+        }
+    }
+    // the same shape with a numeric id pin starts
+    let env = TestEnv::new();
+    let text = std::fs::read_to_string(&env.paths.config).unwrap();
+    std::fs::write(
+        &env.paths.config,
+        text + "\n" + gh + "\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nclaims = { repository_id = 123 }\nscopes = [\"read:a/*\"]\n",
+    )
+    .unwrap();
+    let d = env.start();
+    assert_eq!(d.stop(), 0);
+}

@@ -18,6 +18,7 @@ struct DevRun {
 }
 
 fn start_dev(dir: &std::path::Path, log: std::path::PathBuf) -> DevRun {
+    let log_copy = log.clone();
     let mut child = Command::new(BIN)
         .args(["dev", "--dir"])
         .arg(dir)
@@ -53,8 +54,15 @@ fn start_dev(dir: &std::path::Path, log: std::path::PathBuf) -> DevRun {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("keygate dev did not start");
+    if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        panic!(
+            "keygate dev did not start:\n{}",
+            std::fs::read_to_string(&log_copy).unwrap_or_default()
+        );
+    }
     DevRun { child, stdout }
 }
 
@@ -121,6 +129,105 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
     let password = v["fields"]["password"].as_str().unwrap().to_string();
     assert!(password.len() >= 20);
 
+    // The CI flow out of the box: a dev-issuer token, exchanged for a credential scoped to demo/*
+    let tok = cli_from_env_sh(
+        &dir,
+        &["dev", "token", "--dir", dir.to_str().unwrap()],
+        logs.join("cli-token.log"),
+    );
+    assert!(
+        tok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tok.stderr)
+    );
+    let token_file = tmp.path().join("platform-token");
+    std::fs::write(&token_file, &tok.stdout).unwrap();
+    let cred_file = tmp.path().join("credential");
+    let out = cli_from_env_sh(
+        &dir,
+        &[
+            "exchange",
+            "--role",
+            "demo",
+            "--token-file",
+            token_file.to_str().unwrap(),
+            "--out",
+            cred_file.to_str().unwrap(),
+        ],
+        logs.join("cli-exchange.log"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&cred_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let credential = std::fs::read_to_string(&cred_file).unwrap();
+    let as_job = |args: &[&str], log: &str| {
+        let mut env = env_sh(&dir);
+        env.remove("KEYGATE_CLIENT_CERT");
+        env.remove("KEYGATE_CLIENT_KEY");
+        let out = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .envs(env)
+            .env("KEYGATE_TOKEN", &credential)
+            .output()
+            .unwrap();
+        std::fs::write(logs.join(log), &out.stderr).unwrap();
+        out
+    };
+    let out = as_job(&["get", "demo/app", "--field", "password"], "job1.log");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{password}\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_job(&["put", "demo/app", "password=x"], "job2.log");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+    // a token for another branch gets no credential, and the caller only learns the code
+    let tok = cli_from_env_sh(
+        &dir,
+        &[
+            "dev",
+            "token",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--claim",
+            "ref=refs/heads/dev",
+        ],
+        logs.join("cli-token2.log"),
+    );
+    std::fs::write(&token_file, &tok.stdout).unwrap();
+    let out = cli_from_env_sh(
+        &dir,
+        &[
+            "exchange",
+            "--role",
+            "demo",
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+        logs.join("cli-exchange2.log"),
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("PERMISSION_DENIED: no_matching_role"), "{e}");
+    // ... while the admin's explain says why
+    let out = cli_from_env_sh(
+        &dir,
+        &["admin", "explain", "--token", token_file.to_str().unwrap()],
+        logs.join("cli-explain.log"),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("demo: no match") && text.contains("refs/heads/dev"),
+        "{text}"
+    );
+
     // Ctrl-C stops it cleanly
     Command::new("kill")
         .args(["-INT", &run.child.id().to_string()])
@@ -154,7 +261,9 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
     std::thread::sleep(Duration::from_millis(200));
 
     // The generated password never reached any log of either run.
-    let finder = aho_corasick::AhoCorasick::new(encodings(&password)).unwrap();
+    let mut secrets = encodings(&password);
+    secrets.extend(encodings(&credential));
+    let finder = aho_corasick::AhoCorasick::new(secrets).unwrap();
     let mut n = 0;
     for e in std::fs::read_dir(&logs).unwrap() {
         let text = std::fs::read(e.unwrap().path()).unwrap();
@@ -164,7 +273,7 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
             "the demo password is in a log"
         );
     }
-    assert_eq!(n, 5);
+    assert_eq!(n, 12);
 }
 
 #[tokio::test(flavor = "multi_thread")]

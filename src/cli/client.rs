@@ -61,3 +61,38 @@ pub async fn connect(conn: &Conn) -> anyhow::Result<Channel> {
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow!("{}: {}", crate::metrics::code_name(s.code()), s.message())
 }
+
+/// Adds `authorization: Bearer <credential>` when the CLI has one (`KEYGATE_TOKEN`).
+#[derive(Clone)]
+pub struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel plus the credential interceptor.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+
+/// Connects and prepares the credential header.
+pub async fn connect_authed(conn: &Conn) -> anyhow::Result<Authed> {
+    let ch = connect(conn).await?;
+    let auth = match &conn.credential {
+        Some(t) if !t.trim().is_empty() => {
+            let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| anyhow!("KEYGATE_TOKEN is not a valid credential"))?;
+            v.set_sensitive(true);
+            Auth(Some(v))
+        }
+        _ => Auth(None),
+    };
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        ch, auth,
+    ))
+}

@@ -1,5 +1,5 @@
 //! CLI commands.
-use super::client::{connect, status_error};
+use super::client::{connect_authed as connect, status_error};
 use super::Conn;
 use crate::pb;
 use anyhow::{anyhow, Context};
@@ -51,6 +51,9 @@ async fn run_daemon(cfg: crate::config::Config, dev: Option<crate::devenv::DevPa
              cargo run --release -- get demo/app\n  \
              cargo run --release -- put demo/app username=demo password=-   # value from stdin\n  \
              cargo run --release -- list demo/\n\n\
+             As a CI job would (a token from the local dev issuer, exchanged for a credential):\n\n  \
+             export KEYGATE_TOKEN=$(cargo run --release -- exchange --role demo --token-file <(cargo run --release -- dev token --dir {dir}))\n  \
+             cargo run --release -- get demo/app      # as the job: a credential scoped to demo/*\n\n\
              Stop with Ctrl-C.",
             grpc = daemon.grpc_addr(),
             http = daemon
@@ -115,7 +118,35 @@ pub async fn dev(dir: &Path, opts: crate::devenv::DevOptions) -> i32 {
         }
     };
     crate::logging::init(cfg.log_format, "info");
-    run_daemon(cfg, Some(paths)).await
+    let issuer = match crate::devissuer::serve(&paths.dir, &cfg.tls).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let code = run_daemon(cfg, Some(paths)).await;
+    issuer.abort();
+    code
+}
+
+/// `keygate dev token`.
+pub fn dev_token(dir: &Path, claims: &[String]) -> anyhow::Result<()> {
+    let overrides = claims
+        .iter()
+        .map(|c| {
+            c.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("--claim {c:?} is not name=value"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let t = crate::devissuer::token(dir, &overrides, now).map_err(|e| anyhow!(e))?;
+    println!("{t}");
+    Ok(())
 }
 
 /// Parses `name=value`, `name=@file`, `name=-` (at most one from stdin).
@@ -347,6 +378,260 @@ pub async fn info(conn: &Conn) -> anyhow::Result<()> {
     println!(
         "version  {}\nnode_id  {}\nstorage  {}\nkek_id   {}\nsecrets  {}",
         r.version, r.node_id, r.storage_backend, r.kek_id, r.secrets
+    );
+    Ok(())
+}
+
+/// Where `keygate exchange` gets the platform token.
+pub enum TokenSource {
+    /// A file (`-` for stdin).
+    File(std::path::PathBuf),
+    /// An environment variable.
+    Env(String),
+    /// GitHub Actions' token endpoint.
+    GithubActions {
+        /// Audience to ask for.
+        audience: Option<String>,
+        /// Private CA of the endpoint (GHES).
+        cacert: Option<std::path::PathBuf>,
+    },
+    /// GitHub Actions when its variables are set, else `KEYGATE_PLATFORM_TOKEN`.
+    Detect {
+        /// Audience for GitHub Actions.
+        audience: Option<String>,
+    },
+}
+
+async fn github_actions_token(
+    audience: Option<String>,
+    cacert: Option<&Path>,
+) -> anyhow::Result<Zeroizing<String>> {
+    let url = std::env::var("ACTIONS_ID_TOKEN_REQUEST_URL")
+        .map_err(|_| anyhow!("ACTIONS_ID_TOKEN_REQUEST_URL is not set: is the job's `permissions: id-token: write` set?"))?;
+    let bearer = Zeroizing::new(
+        std::env::var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+            .map_err(|_| anyhow!("ACTIONS_ID_TOKEN_REQUEST_TOKEN is not set"))?,
+    );
+    let audience = audience.ok_or_else(|| {
+        anyhow!("--audience (or KEYGATE_AUDIENCE) is needed to request a GitHub Actions token")
+    })?;
+    let mut url = reqwest::Url::parse(&url).context("ACTIONS_ID_TOKEN_REQUEST_URL")?;
+    url.query_pairs_mut().append_pair("audience", &audience);
+    crate::tls::install_crypto_provider();
+    let mut b = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(15))
+        .https_only(true);
+    if let Some(ca) = cacert {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        b = b.tls_certs_only([reqwest::Certificate::from_pem(&pem)?]);
+    }
+    let resp = b
+        .build()?
+        .get(url)
+        .header("authorization", format!("bearer {}", bearer.as_str()))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .context("requesting the GitHub Actions OIDC token")?;
+    if !resp.status().is_success() {
+        return Err(anyhow!(
+            "GitHub Actions token endpoint answered HTTP {}",
+            resp.status()
+        ));
+    }
+    let body = Zeroizing::new(
+        resp.bytes()
+            .await
+            .context("GitHub Actions token response")?
+            .to_vec(),
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).context("GitHub Actions token response is not JSON")?;
+    let t = v
+        .get("value")
+        .and_then(|t| t.as_str())
+        .ok_or_else(|| anyhow!("GitHub Actions token response has no value"))?;
+    Ok(Zeroizing::new(t.to_string()))
+}
+
+async fn platform_token(source: TokenSource) -> anyhow::Result<Zeroizing<String>> {
+    match source {
+        TokenSource::File(p) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the token from stdin")?;
+            Ok(Zeroizing::new(s.trim().to_string()))
+        }
+        TokenSource::File(p) => Ok(Zeroizing::new(
+            std::fs::read_to_string(&p)
+                .with_context(|| format!("reading the token from {}", p.display()))?
+                .trim()
+                .to_string(),
+        )),
+        TokenSource::Env(v) => Ok(Zeroizing::new(
+            std::env::var(&v)
+                .map_err(|_| anyhow!("environment variable {v} is not set"))?
+                .trim()
+                .to_string(),
+        )),
+        TokenSource::GithubActions { audience, cacert } => {
+            github_actions_token(audience, cacert.as_deref()).await
+        }
+        TokenSource::Detect { audience } => {
+            if std::env::var_os("ACTIONS_ID_TOKEN_REQUEST_URL").is_some() {
+                github_actions_token(audience, None).await
+            } else if let Ok(t) = std::env::var("KEYGATE_PLATFORM_TOKEN") {
+                Ok(Zeroizing::new(t.trim().to_string()))
+            } else {
+                Err(anyhow!(
+                    "no platform token: use --token-file, --token-env, --github-actions, or set KEYGATE_PLATFORM_TOKEN"
+                ))
+            }
+        }
+    }
+}
+
+/// `keygate exchange`.
+pub async fn exchange(
+    conn: &Conn,
+    role: &str,
+    scopes: &[String],
+    ttl: Option<u64>,
+    source: TokenSource,
+    out: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let token = platform_token(source).await?;
+    let mut c = pb::token_exchange_client::TokenExchangeClient::new(connect(conn).await?);
+    let r = c
+        .exchange(pb::ExchangeRequest {
+            subject_token: token.to_string(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+            role: role.to_string(),
+            scopes: scopes.to_vec(),
+            ttl_seconds: ttl.unwrap_or(0),
+            audience: String::new(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let credential = Zeroizing::new(r.access_token.clone());
+    match out {
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            f.write_all(credential.as_bytes())?;
+            eprintln!(
+                "credential written to {} (lease {}, expires in {} s, scopes {})",
+                path.display(),
+                r.lease_id,
+                r.expires_in,
+                r.scopes.join(" ")
+            );
+        }
+        None if json => {
+            let doc = serde_json::json!({
+                "access_token": credential.as_str(),
+                "issued_token_type": r.issued_token_type,
+                "token_type": r.token_type,
+                "expires_in": r.expires_in,
+                "scopes": r.scopes,
+                "lease_id": r.lease_id,
+            });
+            println!("{doc}");
+        }
+        None => println!("{}", credential.as_str()),
+    }
+    Ok(())
+}
+
+/// `keygate admin explain`.
+pub async fn explain(conn: &Conn, token: &Path, role: Option<&str>) -> anyhow::Result<()> {
+    let t = platform_token(TokenSource::File(token.to_path_buf())).await?;
+    let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
+    let r = c
+        .explain(pb::ExplainRequest {
+            token: t.to_string(),
+            role: role.unwrap_or("").to_string(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if !r.token_valid {
+        println!("token refused: {} ({})", r.token_code, r.token_error);
+        return Ok(());
+    }
+    println!("token valid, issuer {}", r.issuer);
+    for m in r.roles {
+        if m.matched {
+            println!("  {}: matches", m.role);
+        } else {
+            println!("  {}: no match: {}", m.role, m.reason);
+        }
+    }
+    Ok(())
+}
+
+/// `keygate admin roles`.
+pub async fn roles(conn: &Conn) -> anyhow::Result<()> {
+    let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
+    let r = c
+        .list_roles(pb::ListRolesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    for role in r.roles {
+        println!(
+            "{}\tissuer {}\tttl {}s (max {}s)\n  conditions: {}\n  scopes: {}",
+            role.name,
+            role.issuer,
+            role.ttl_seconds,
+            role.max_ttl_seconds,
+            role.conditions.join("; "),
+            role.scopes.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `keygate admin revoke` / `revoke-prefix`.
+pub async fn revoke(conn: &Conn, what: &str, prefix: bool) -> anyhow::Result<()> {
+    let mut c = pb::leases_client::LeasesClient::new(connect(conn).await?);
+    let r = if prefix {
+        c.revoke_prefix(pb::RevokePrefixRequest {
+            prefix: what.to_string(),
+        })
+        .await
+    } else {
+        c.revoke(pb::RevokeLeaseRequest {
+            lease_id: what.to_string(),
+        })
+        .await
+    }
+    .map_err(status_error)?
+    .into_inner();
+    println!("revoked {} lease(s)", r.revoked);
+    Ok(())
+}
+
+/// `keygate admin rotate-signing-key`.
+pub async fn rotate_signing_key(conn: &Conn) -> anyhow::Result<()> {
+    let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
+    let r = c
+        .rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "signing keys (oldest first; the last one signs): {}",
+        r.kids.join(", ")
     );
     Ok(())
 }

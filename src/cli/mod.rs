@@ -33,6 +33,9 @@ pub struct Conn {
     /// Client key for mTLS (PEM).
     #[arg(long, env = "KEYGATE_CLIENT_KEY", global = true)]
     pub client_key: Option<PathBuf>,
+    /// A keygate credential (from `keygate exchange`), sent as `authorization: Bearer`.
+    #[arg(long, env = "KEYGATE_TOKEN", global = true, hide_env_values = true)]
+    pub credential: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -43,8 +46,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Create a local dev environment (certificates, KEK, config) and run the daemon on it.
+    /// Create a local dev environment (certificates, KEK, config, a dev OIDC issuer) and run the
+    /// daemon on it. `keygate dev token` prints a token from the dev issuer.
     Dev {
+        #[command(subcommand)]
+        command: Option<DevCommand>,
         /// Directory for everything; reused when it exists.
         #[arg(long, default_value = "./keygate-dev")]
         dir: PathBuf,
@@ -54,6 +60,9 @@ enum Command {
         /// HTTPS listen address for a new dev config.
         #[arg(long, default_value = "127.0.0.1:8444")]
         http_listen: String,
+        /// Listen address of the dev OIDC issuer (for a new dev directory).
+        #[arg(long, default_value = "127.0.0.1:8445")]
+        issuer_listen: String,
     },
     /// Write a new version of a secret: `keygate put PATH field=value field=@file field=-`.
     Put {
@@ -104,12 +113,60 @@ enum Command {
     Undelete(VersionsArgs),
     /// Erase versions for good (default: current).
     Destroy(VersionsArgs),
+    /// Exchange a platform OIDC token for a keygate credential.
+    Exchange {
+        /// Role to ask for.
+        #[arg(long)]
+        role: String,
+        /// Scopes to ask for (`read:prod/api/*`); default: everything the role allows.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds (capped by the role).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Read the platform token from this file.
+        #[arg(long, conflicts_with_all = ["token_env", "github_actions"])]
+        token_file: Option<PathBuf>,
+        /// Read the platform token from this environment variable.
+        #[arg(long, conflicts_with = "github_actions")]
+        token_env: Option<String>,
+        /// Request the token from GitHub Actions (ACTIONS_ID_TOKEN_REQUEST_URL/_TOKEN).
+        #[arg(long)]
+        github_actions: bool,
+        /// Audience to request from GitHub Actions (keygate's audience for that issuer).
+        #[arg(long, env = "KEYGATE_AUDIENCE")]
+        audience: Option<String>,
+        /// CA for the GitHub Actions token endpoint (GHES with a private CA).
+        #[arg(long, env = "KEYGATE_ACTIONS_CACERT", hide = true)]
+        actions_cacert: Option<PathBuf>,
+        /// Write the credential to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the whole answer as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// Print a GitHub-Actions-shaped token from the dev issuer.
+    Token {
+        /// The dev directory.
+        #[arg(long, default_value = "./keygate-dev")]
+        dir: PathBuf,
+        /// Override a claim: `--claim ref=refs/heads/dev`.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
     },
 }
 
@@ -136,6 +193,29 @@ enum AdminCommand {
     Reload,
     /// Show the daemon's version, node id, backend and KEK id.
     Info,
+    /// Explain which roles a platform token gets, and why not the others.
+    Explain {
+        /// File holding the token (`-` for stdin).
+        #[arg(long)]
+        token: PathBuf,
+        /// Only this role.
+        #[arg(long)]
+        role: Option<String>,
+    },
+    /// List the configured roles.
+    Roles,
+    /// Revoke one lease.
+    Revoke {
+        /// Lease id.
+        lease_id: String,
+    },
+    /// Revoke every lease whose id starts with PREFIX (`ROLE/` or `ROLE/SUBJECT`).
+    RevokePrefix {
+        /// Lease id prefix.
+        prefix: String,
+    },
+    /// Create a new credential signing key now.
+    RotateSigningKey,
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -144,15 +224,22 @@ pub async fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve { config } => return serve(&config).await,
         Command::Dev {
+            command: Some(DevCommand::Token { dir, claims }),
+            ..
+        } => dev_token(&dir, &claims),
+        Command::Dev {
+            command: None,
             dir,
             grpc_listen,
             http_listen,
+            issuer_listen,
         } => {
             return dev(
                 &dir,
                 crate::devenv::DevOptions {
                     grpc_listen,
                     http_listen,
+                    issuer_listen,
                 },
             )
             .await
@@ -175,10 +262,42 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Delete(a) => versions(&a.conn, VersionOp::Delete, &a.path, a.versions).await,
         Command::Undelete(a) => versions(&a.conn, VersionOp::Undelete, &a.path, a.versions).await,
         Command::Destroy(a) => versions(&a.conn, VersionOp::Destroy, &a.path, a.versions).await,
+        Command::Exchange {
+            role,
+            scopes,
+            ttl,
+            token_file,
+            token_env,
+            github_actions,
+            audience,
+            actions_cacert,
+            out,
+            json,
+            conn,
+        } => {
+            let source = if github_actions {
+                TokenSource::GithubActions {
+                    audience,
+                    cacert: actions_cacert,
+                }
+            } else if let Some(f) = token_file {
+                TokenSource::File(f)
+            } else if let Some(v) = token_env {
+                TokenSource::Env(v)
+            } else {
+                TokenSource::Detect { audience }
+            };
+            exchange(&conn, &role, &scopes, ttl, source, out.as_deref(), json).await
+        }
         Command::Admin { command, conn } => match command {
             AdminCommand::RotateKek { new_kek } => rotate_kek(&conn, &new_kek).await,
             AdminCommand::Reload => reload(&conn).await,
             AdminCommand::Info => info(&conn).await,
+            AdminCommand::Explain { token, role } => explain(&conn, &token, role.as_deref()).await,
+            AdminCommand::Roles => roles(&conn).await,
+            AdminCommand::Revoke { lease_id } => revoke(&conn, &lease_id, false).await,
+            AdminCommand::RevokePrefix { prefix } => revoke(&conn, &prefix, true).await,
+            AdminCommand::RotateSigningKey => rotate_signing_key(&conn).await,
         },
     };
     match result {

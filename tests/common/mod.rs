@@ -51,10 +51,13 @@ impl TestEnv {
             &DevOptions {
                 grpc_listen: "127.0.0.1:0".into(),
                 http_listen: "127.0.0.1:0".into(),
+                issuer_listen: "127.0.0.1:0".into(),
             },
         )
         .unwrap();
         let cfg = std::fs::read_to_string(&paths.config).unwrap();
+        // tests bring their own issuers and roles: drop the dev issuer's
+        let cfg = cfg.split("\n[identity]").next().unwrap().to_string();
         std::fs::write(
             &paths.config,
             cfg.replace("format = \"text\"", "format = \"json\""),

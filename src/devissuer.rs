@@ -1,0 +1,186 @@
+//! The dev OIDC issuer `keygate dev` runs on loopback: discovery and JWKS over HTTPS (the dev
+//! CA's certificate), and GitHub-Actions-shaped tokens for `keygate dev token`. For local trials
+//! only: its key sits in the dev directory.
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Audience the dev role expects.
+pub const DEV_AUDIENCE: &str = "keygate-dev";
+
+/// `DIR/dev-issuer.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DevIssuer {
+    /// The `iss` value (`https://localhost:PORT`).
+    pub issuer: String,
+    /// Listen address.
+    pub listen: String,
+    /// Key id.
+    pub kid: String,
+}
+
+fn key_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("dev-issuer-key.pem")
+}
+
+/// Creates the dev issuer's key and settings in `dir` if missing.
+pub fn init(dir: &Path, listen: &str) -> Result<DevIssuer, String> {
+    let meta = dir.join("dev-issuer.json");
+    if meta.exists() {
+        let text = std::fs::read_to_string(&meta).map_err(|e| e.to_string())?;
+        return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta.display()));
+    }
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|_| format!("--issuer-listen {listen:?} is not an address"))?;
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())?;
+    crate::devenv::write_private(&key_path(dir), &kp.serialize_pem())?;
+    let mut id = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut id).map_err(|_| "random source failed".to_string())?;
+    let d = DevIssuer {
+        issuer: format!("https://localhost:{}", addr.port()),
+        listen: listen.to_string(),
+        kid: format!("dev-{}", hex::encode(id)),
+    };
+    std::fs::write(
+        &meta,
+        serde_json::to_vec_pretty(&d).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("{}: {e}", meta.display()))?;
+    Ok(d)
+}
+
+fn load(dir: &Path) -> Result<(DevIssuer, rcgen::KeyPair), String> {
+    let meta = dir.join("dev-issuer.json");
+    let d: DevIssuer = serde_json::from_str(
+        &std::fs::read_to_string(&meta)
+            .map_err(|e| format!("{}: {e} (run `keygate dev` first)", meta.display()))?,
+    )
+    .map_err(|e| e.to_string())?;
+    let pem = std::fs::read_to_string(key_path(dir)).map_err(|e| e.to_string())?;
+    let kp = rcgen::KeyPair::from_pem(&pem).map_err(|e| e.to_string())?;
+    Ok((d, kp))
+}
+
+fn jwk(d: &DevIssuer, kp: &rcgen::KeyPair) -> Result<Value, String> {
+    use x509_parser::prelude::FromDer;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(kp);
+    let (_, info) =
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki).map_err(|e| e.to_string())?;
+    let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = info.parsed() else {
+        return Err("dev issuer key is not RSA".into());
+    };
+    let trim = |b: &[u8]| b[b.iter().position(|x| *x != 0).unwrap_or(0)..].to_vec();
+    Ok(
+        json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": d.kid,
+        "n": B64URL.encode(trim(rsa.modulus)), "e": B64URL.encode(trim(rsa.exponent))}),
+    )
+}
+
+/// A GitHub-Actions-shaped token from the dev issuer; `overrides` replace claims.
+pub fn token(dir: &Path, overrides: &[(String, String)], now: u64) -> Result<String, String> {
+    let (d, kp) = load(dir)?;
+    let mut run = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut run);
+    let mut claims = json!({
+        "iss": d.issuer, "aud": DEV_AUDIENCE,
+        "sub": "repo:acme/app:ref:refs/heads/main",
+        "repository": "acme/app", "repository_id": "123456", "repository_owner": "acme",
+        "repository_owner_id": "4711", "ref": "refs/heads/main", "ref_type": "branch",
+        "ref_protected": "true", "sha": "0000000000000000000000000000000000000000",
+        "event_name": "push", "workflow": "dev", "run_id": u32::from_be_bytes(run).to_string(),
+        "run_attempt": "1", "actor": "dev",
+        "job_workflow_ref": "acme/app/.github/workflows/dev.yml@refs/heads/main",
+        "iat": now, "nbf": now.saturating_sub(5), "exp": now + 300,
+        "jti": hex::encode(run),
+    });
+    for (k, v) in overrides {
+        claims[k] = Value::String(v.clone());
+    }
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some(d.kid.clone());
+    let key =
+        EncodingKey::from_rsa_pem(kp.serialize_pem().as_bytes()).map_err(|e| e.to_string())?;
+    jsonwebtoken::encode(&h, &claims, &key).map_err(|e| e.to_string())
+}
+
+#[derive(Clone)]
+struct Docs {
+    discovery: Arc<String>,
+    jwks: Arc<String>,
+}
+
+async fn discovery(State(d): State<Docs>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        d.discovery.to_string(),
+    )
+}
+
+async fn jwks(State(d): State<Docs>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        d.jwks.to_string(),
+    )
+}
+
+/// Serves discovery and JWKS over HTTPS until the task is dropped.
+pub async fn serve(
+    dir: &Path,
+    tls: &crate::config::TlsConfig,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    let (d, kp) = load(dir)?;
+    let docs = Docs {
+        discovery: Arc::new(
+            json!({
+                "issuer": d.issuer,
+                "jwks_uri": format!("{}/.well-known/jwks", d.issuer),
+                "subject_types_supported": ["public"],
+                "response_types_supported": ["id_token"],
+                "id_token_signing_alg_values_supported": ["RS256"],
+            })
+            .to_string(),
+        ),
+        jwks: Arc::new(json!({ "keys": [jwk(&d, &kp)?] }).to_string()),
+    };
+    let cfg = crate::tls::http_server_config(&crate::config::TlsConfig {
+        client_ca_file: None,
+        ..tls.clone()
+    })?;
+    let listener = tokio::net::TcpListener::bind(&d.listen)
+        .await
+        .map_err(|e| format!("dev issuer {}: {e}", d.listen))?;
+    let app = Router::new()
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/.well-known/jwks", get(jwks))
+        .with_state(docs);
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                .await;
+            });
+        }
+    }))
+}
