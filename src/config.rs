@@ -812,6 +812,16 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_has_only_real_keys() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        // the TOML structure (every key, every type) is accepted; the first error is the
+        // certificate file the example names, which does not exist in the repository
+        let e = Config::parse(path, &text).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("tls.cert_file"), "{e}");
+    }
+
+    #[test]
     fn dn_normalisation() {
         assert_eq!(normalize_dn("cn = a, O=b c"), "CN=a,O=b c");
     }

@@ -36,6 +36,10 @@ async fn world() -> World {
     let gl = issuer.tenant("gl", GL);
     let k8s = issuer.tenant("k8s", K8S);
     let rp = issuer.tenant("rp", RP);
+    let redir = issuer.tenant("redirect", "https://redir.example");
+    let huge = issuer.tenant("huge", "https://huge.example");
+    // a discovery document that names another issuer than the one configured
+    let liar = issuer.tenant("liar", "https://other.example");
     let extra = format!(
         r#"
 [identity]
@@ -72,6 +76,45 @@ discovery_url = "{rp}"
 ca_file = "ca.pem"
 audience = "{AUD}"
 refuse_jti_replay = true
+
+[[issuers]]
+name = "redir"
+issuer = "https://redir.example"
+discovery_url = "{redir}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "huge"
+issuer = "https://huge.example"
+discovery_url = "{huge}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "liar"
+issuer = "https://liar.example"
+discovery_url = "{liar}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[roles]]
+name = "redir"
+issuer = "redir"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[roles]]
+name = "huge"
+issuer = "huge"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[roles]]
+name = "liar"
+issuer = "liar"
+bound_subject = "x"
+scopes = ["read:x/*"]
 
 [[roles]]
 name = "deploy"
@@ -302,7 +345,7 @@ async fn platform_tokens_exchange_and_one_claim_off_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(roles.roles.len(), 5);
+    assert_eq!(roles.roles.len(), 8);
     assert_eq!(d.stop(), 0);
 }
 
@@ -791,4 +834,134 @@ async fn credentials_verify_offline_against_published_jwks_across_signing_key_ro
         tonic::Code::NotFound
     );
     assert_eq!(d.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_fetching_is_capped_same_host_and_issuer_checked() {
+    let w = world().await;
+    let attacker = TestIssuer::start(&w.env.paths.dir, "attacker").await;
+    attacker.publish(&w.rsa);
+    *w.issuer.state.redirect_to.lock().unwrap() = Some(format!("{}/gh/jwks", attacker.base));
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    for (iss, role) in [
+        ("https://redir.example", "redir"),
+        ("https://huge.example", "huge"),
+        ("https://liar.example", "liar"),
+    ] {
+        let mut t = fixture("github-actions", iss, AUD);
+        t["sub"] = json!("x");
+        assert_eq!(
+            code(exchange(&ch, &w.rsa.sign(&t), role, &[]).await),
+            "issuer_unavailable",
+            "{role}"
+        );
+    }
+    assert!(
+        attacker.hits().is_empty(),
+        "followed a redirect to another host: {:?}",
+        attacker.hits()
+    );
+    assert!(w.issuer.hits().iter().any(|h| h == "/redirect/jwks"));
+    assert!(w.issuer.hits().iter().any(|h| h == "/huge/jwks"));
+    assert!(
+        !w.issuer.hits().iter().any(|h| h == "/liar/jwks"),
+        "jwks fetched despite a lying discovery doc"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("redirect to another host refused"),
+        "redirect reason logged"
+    );
+    assert!(log.contains("larger than 262144 bytes"), "size cap logged");
+    assert!(log.contains("discovery document names a different issuer"));
+    assert_eq!(d.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_exchange_from_github_actions_and_role_reload() {
+    let w = world().await;
+    let d = w.env.start();
+    let mut t = fixture("github-actions", GH, AUD);
+    t["aud"] = json!(AUD);
+    *w.issuer.state.actions_token.lock().unwrap() = Some(w.rsa.sign(&t));
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args([
+        "exchange",
+        "--role",
+        "deploy",
+        "--github-actions",
+        "--audience",
+        AUD,
+    ])
+    .env("KEYGATE_ADDR", format!("https://{}", d.grpc))
+    .env("KEYGATE_CACERT", &w.env.paths.ca)
+    .env(
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        format!("{}/actions-token?api-version=2.0", w.issuer.base),
+    )
+    .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "actions-request-token")
+    .env("KEYGATE_ACTIONS_CACERT", &w.env.paths.ca)
+    .env_remove("KEYGATE_CLIENT_CERT")
+    .env_remove("KEYGATE_CLIENT_KEY");
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let credential = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let reqs = w.issuer.state.actions_requests.lock().unwrap().clone();
+    assert_eq!(reqs.len(), 1);
+    assert!(
+        reqs[0].0.contains("audience=https%3A%2F%2Fkeygate.test"),
+        "{:?}",
+        reqs[0]
+    );
+    // the credential works through every other command via KEYGATE_TOKEN
+    assert!(w
+        .env
+        .cli(&d, &["put", "prod/api/db", "v=1"])
+        .status
+        .success());
+    let out = std::process::Command::new(BIN)
+        .args(["get", "prod/api/db", "--field", "v"])
+        .env("KEYGATE_ADDR", format!("https://{}", d.grpc))
+        .env("KEYGATE_CACERT", &w.env.paths.ca)
+        .env("KEYGATE_TOKEN", &credential)
+        .env_remove("KEYGATE_CLIENT_CERT")
+        .env_remove("KEYGATE_CLIENT_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "1\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // roles reload on SIGHUP: the same token stops matching once the role pins another ref
+    let ch = w.env.channel_as(&d, None).await;
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "deploy", &[]).await),
+        "ok"
+    );
+    let cfg = std::fs::read_to_string(&w.env.paths.config).unwrap();
+    std::fs::write(
+        &w.env.paths.config,
+        cfg.replace("ref = \"refs/heads/main\"", "ref = \"refs/heads/release\""),
+    )
+    .unwrap();
+    d.signal("HUP");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !d.log_text().contains("config reloaded") {
+        assert!(std::time::Instant::now() < deadline, "no reload");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "deploy", &[]).await),
+        "no_matching_role"
+    );
+    assert_eq!(d.stop(), 0);
+    w.env.assert_logs_free_of(&[credential]);
 }

@@ -399,3 +399,80 @@ impl Credentials {
             .map(|k| k.decoding.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::secrets::envelope::Kek;
+    use crate::storage::SledStorage;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn retired_keys_stay_published_until_their_credentials_can_have_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SledStorage::open(dir.path()).unwrap());
+        let t0 = 1_800_000_000_000u64;
+        let clock = Arc::new(FixedClock::at(t0));
+        let kek = Kek::from_bytes(&SecretBytes::new(vec![7; 32])).unwrap();
+        let store = Arc::new(
+            SecretStore::open(storage, kek, clock.clone())
+                .await
+                .unwrap(),
+        );
+        // rotate hourly; the longest credential lives 600 s
+        let c = Credentials::open(
+            store,
+            clock.clone(),
+            "https://k".into(),
+            "https://k".into(),
+            3600,
+            600,
+        )
+        .await
+        .unwrap();
+        assert_eq!(c.kids().await.len(), 1);
+        let now = t0 / 1000;
+        let lease = Lease {
+            lease_id: "r/s/1".into(),
+            role: "r".into(),
+            sub: "s".into(),
+            scopes: vec!["read:a/*".into()],
+            src: serde_json::json!({}),
+            issued_at: now,
+            expires_at: now + 100_000,
+            max_expires_at: now + 100_000,
+            revoked_at: None,
+        };
+        c.leases.create(&lease).await.unwrap();
+        let first = c.mint(&lease, now + 100_000).await.unwrap();
+        assert!(c.authenticate(&first).await.is_ok());
+
+        // not due yet
+        clock.advance(3_599_000);
+        assert!(!c.rotate_if_due().await.unwrap());
+        // due: a second key signs, the first stays published
+        clock.advance(1_000);
+        assert!(c.rotate_if_due().await.unwrap());
+        assert_eq!(c.kids().await.len(), 2);
+        let second = c.mint(&lease, now + 100_000).await.unwrap();
+        assert!(c.authenticate(&first).await.is_ok());
+        assert!(c.authenticate(&second).await.is_ok());
+        // 599 s after the first key retired, a forced rotation still keeps it
+        clock.advance(599_000);
+        c.rotate(true).await.unwrap();
+        assert_eq!(c.kids().await.len(), 3);
+        assert!(c.authenticate(&first).await.is_ok());
+        // past retirement + longest lifetime it is dropped: nothing it signed can be valid
+        clock.advance(2_000);
+        c.rotate(true).await.unwrap();
+        let kids = c.kids().await;
+        assert_eq!(kids.len(), 3, "{kids:?}");
+        assert!(matches!(
+            c.authenticate(&first).await,
+            Err(CredentialError::Invalid(_))
+        ));
+        assert!(c.authenticate(&second).await.is_ok());
+        let jwks = c.jwks().await;
+        assert_eq!(jwks["keys"].as_array().unwrap().len(), 3);
+    }
+}

@@ -132,6 +132,18 @@ fn to_key(jwk: &Jwk) -> Option<Key> {
     })
 }
 
+/// An error with its sources, so the operator sees why (e.g. the refused redirect).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 fn max_age(headers: &reqwest::header::HeaderMap) -> Option<u64> {
     let cc = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
     cc.split(',')
@@ -152,17 +164,16 @@ impl KeyCache {
             .connect_timeout(timeout)
             .https_only(!allow_http_loopback)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let same_host = attempt
+                // same origin only: scheme, host and port (another port on the same host is
+                // another server)
+                let same_origin = attempt
                     .previous()
                     .first()
-                    .map(|first| {
-                        first.host_str() == attempt.url().host_str()
-                            && first.scheme() == attempt.url().scheme()
-                    })
+                    .map(|first| first.origin() == attempt.url().origin())
                     .unwrap_or(false);
                 if attempt.previous().len() > 3 {
                     attempt.error("too many redirects")
-                } else if same_host {
+                } else if same_origin {
                     attempt.follow()
                 } else {
                     attempt.error("redirect to another host refused")
@@ -203,7 +214,7 @@ impl KeyCache {
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+            .map_err(|e| format!("GET {url}: {}", chain(&e)))?;
         if !resp.status().is_success() {
             return Err(format!("GET {url}: HTTP {}", resp.status()));
         }
@@ -240,7 +251,7 @@ impl KeyCache {
                     .and_then(|j| j.as_str())
                     .ok_or("discovery document has no jwks_uri")?;
                 let jurl = check_url(j, self.allow_http_loopback)?;
-                if jurl.host_str() != durl.host_str() {
+                if jurl.origin() != durl.origin() {
                     return Err(format!(
                         "jwks_uri {j:?} is on another host than the discovery document"
                     ));

@@ -96,6 +96,11 @@ pub struct IssuerState {
     pub down: AtomicBool,
     pub jwks_hits: AtomicUsize,
     pub cache_control: Mutex<Option<String>>,
+    /// Where the `redirect` tenant's JWKS redirects to.
+    pub redirect_to: Mutex<Option<String>>,
+    /// What the GitHub-Actions-like token endpoint hands out, and what it was asked.
+    pub actions_token: Mutex<Option<String>>,
+    pub actions_requests: Mutex<Vec<(String, String)>>,
 }
 
 pub struct TestIssuer {
@@ -151,6 +156,10 @@ async fn jwks(
     if st.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, String::new()).into_response();
     }
+    if tenant == "redirect" {
+        let to = st.redirect_to.lock().unwrap().clone().unwrap_or_default();
+        return (StatusCode::FOUND, [(header::LOCATION, to)], String::new()).into_response();
+    }
     let keys: Vec<Value> = st.keys.lock().unwrap().clone();
     let cc = st
         .cache_control
@@ -158,12 +167,48 @@ async fn jwks(
         .unwrap()
         .clone()
         .unwrap_or_else(|| "max-age=3600".into());
+    let mut body = json!({ "keys": keys }).to_string();
+    if tenant == "huge" {
+        // a valid JWKS padded past keygate's 256 KiB cap
+        body = format!("{body}{}", " ".repeat(300 * 1024));
+    }
     (
         [
             (header::CONTENT_TYPE, "application/json".to_string()),
             (header::CACHE_CONTROL, cc),
         ],
-        json!({ "keys": keys }).to_string(),
+        body,
+    )
+        .into_response()
+}
+
+/// Like GitHub's ACTIONS_ID_TOKEN_REQUEST_URL: `GET ?audience=…` with `authorization: bearer …`.
+async fn actions_token(
+    State(s): State<(Arc<IssuerState>, String)>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> impl IntoResponse {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    s.0.actions_requests
+        .lock()
+        .unwrap()
+        .push((uri.query().unwrap_or("").to_string(), auth.clone()));
+    if auth != "bearer actions-request-token" {
+        return (StatusCode::FORBIDDEN, String::new()).into_response();
+    }
+    let t =
+        s.0.actions_token
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_default();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({ "count": 1, "value": t }).to_string(),
     )
         .into_response()
 }
@@ -196,6 +241,7 @@ impl TestIssuer {
         let app = Router::new()
             .route("/{tenant}/.well-known/openid-configuration", get(discovery))
             .route("/{tenant}/jwks", get(jwks))
+            .route("/actions-token", get(actions_token))
             .fallback(anything)
             .with_state((state.clone(), base.clone()));
         let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
