@@ -17,6 +17,7 @@ const GH: &str = "https://token.actions.githubusercontent.com";
 const GL: &str = "https://gitlab.acme.example";
 const K8S: &str = "https://kubernetes.default.svc.cluster.local";
 const RP: &str = "https://ci.replay.example";
+const CC: &str = "https://oidc.circleci.com/org/1b9f5c2e-4a53-4f6e-9d3e-2c1f0e8a7b6d";
 
 struct World {
     env: TestEnv,
@@ -40,6 +41,15 @@ async fn world() -> World {
     let huge = issuer.tenant("huge", "https://huge.example");
     // a discovery document that names another issuer than the one configured
     let liar = issuer.tenant("liar", "https://other.example");
+    let bk = issuer.tenant("bk", "https://agent.buildkite.com");
+    let cc = issuer.tenant("cc", CC);
+    let slow = issuer.tenant("slow", "https://slow.example");
+    let direct_jwks = format!("{}/direct/jwks", issuer.base);
+    std::fs::write(
+        env.paths.dir.join("static-jwks.json"),
+        json!({ "keys": [rsa.jwk.clone()] }).to_string(),
+    )
+    .unwrap();
     let extra = format!(
         r#"
 [identity]
@@ -97,6 +107,81 @@ issuer = "https://liar.example"
 discovery_url = "{liar}"
 ca_file = "ca.pem"
 audience = "{AUD}"
+
+[[issuers]]
+name = "buildkite"
+preset = "buildkite"
+discovery_url = "{bk}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "circleci"
+preset = "circleci"
+issuer = "{CC}"
+discovery_url = "{cc}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "static"
+issuer = "https://static.example"
+jwks_file = "static-jwks.json"
+audience = "{AUD}"
+
+[[issuers]]
+name = "direct"
+issuer = "https://direct.example"
+jwks_url = "{direct_jwks}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[issuers]]
+name = "slow"
+issuer = "https://slow.example"
+discovery_url = "{slow}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+fetch_timeout_secs = 1
+
+[[roles]]
+name = "bk-deploy"
+issuer = "buildkite"
+claims = {{ organization_slug = "acme", pipeline_slug = "deploy", build_branch = "main" }}
+scopes = ["read:bk/*"]
+
+[[roles]]
+name = "cc-deploy"
+issuer = "circleci"
+claims = {{ "oidc.circleci.com/project-id" = "6d2b1a0c-8f9e-4e3d-a2b1-c0d9e8f7a6b5", "oidc.circleci.com/context-ids" = "c1d2e3f4-a5b6-4c7d-8e9f-0a1b2c3d4e5f" }}
+scopes = ["read:cc/*"]
+
+[[roles]]
+name = "static"
+issuer = "static"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[roles]]
+name = "direct"
+issuer = "direct"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[roles]]
+name = "slow"
+issuer = "slow"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[roles]]
+name = "capped"
+issuer = "github"
+claims = {{ repository_id = "123456" }}
+scopes = ["read:prod/api/*"]
+ttl_secs = 900
+max_ttl_secs = 3600
+cap_at_token_expiry = true
 
 [[roles]]
 name = "redir"
@@ -345,7 +430,7 @@ async fn platform_tokens_exchange_and_one_claim_off_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(roles.roles.len(), 8);
+    assert_eq!(roles.roles.len(), 14);
     assert_eq!(d.stop(), 0);
 }
 
@@ -964,4 +1049,117 @@ async fn cli_exchange_from_github_actions_and_role_reload() {
     );
     assert_eq!(d.stop(), 0);
     w.env.assert_logs_free_of(&[credential]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn more_presets_key_sources_timeouts_caps_and_lease_listing() {
+    let w = world().await;
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    // Buildkite (shared issuer, org pinned) and CircleCI (per-org issuer, array claim)
+    let bk = fixture("buildkite", "https://agent.buildkite.com", AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&bk), "bk-deploy", &[]).await),
+        "ok"
+    );
+    let mut t = bk.clone();
+    t["organization_slug"] = json!("evil");
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "bk-deploy", &[]).await),
+        "no_matching_role"
+    );
+    let cc = fixture("circleci", CC, AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&cc), "cc-deploy", &[]).await),
+        "ok"
+    );
+    let mut t = cc.clone();
+    t["oidc.circleci.com/context-ids"] = json!(["other"]);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "cc-deploy", &[]).await),
+        "no_matching_role"
+    );
+    // static keys from a file, and a direct JWKS URL
+    for (iss, role) in [
+        ("https://static.example", "static"),
+        ("https://direct.example", "direct"),
+    ] {
+        let mut t = fixture("github-actions", iss, AUD);
+        t["sub"] = json!("x");
+        assert_eq!(
+            code(exchange(&ch, &w.rsa.sign(&t), role, &[]).await),
+            "ok",
+            "{role}"
+        );
+    }
+    // an issuer slower than its fetch timeout
+    let mut t = fixture("github-actions", "https://slow.example", AUD);
+    t["sub"] = json!("x");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "slow", &[]).await),
+        "issuer_unavailable"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2900),
+        "timeout honoured"
+    );
+    // cap at the platform token's expiry
+    let mut t = fixture("github-actions", GH, AUD);
+    t["exp"] = json!(now() + 60);
+    let r = exchange(&ch, &w.rsa.sign(&t), "capped", &[]).await.unwrap();
+    assert!(r.expires_in <= 60, "{}", r.expires_in);
+    // a credential lists only its own lease; the admin lists by prefix
+    let mut leases = pb::leases_client::LeasesClient::new(ch.clone());
+    let own = leases
+        .list(bearer(
+            pb::ListLeasesRequest {
+                prefix: String::new(),
+            },
+            &r.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.leases.len(), 1);
+    assert_eq!(own.leases[0].lease_id, r.lease_id);
+    assert_eq!(own.leases[0].role, "capped");
+    let mut admin = pb::leases_client::LeasesClient::new(w.env.admin_channel(&d).await);
+    let all = admin
+        .list(pb::ListLeasesRequest {
+            prefix: "bk-deploy/".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.leases.len(), 1);
+    assert!(all.leases[0]
+        .subject
+        .starts_with("organization:acme:pipeline:deploy"));
+    // --token-env
+    let out = std::process::Command::new(BIN)
+        .args([
+            "exchange",
+            "--role",
+            "bk-deploy",
+            "--token-env",
+            "BUILDKITE_OIDC_TOKEN",
+            "--json",
+        ])
+        .env("KEYGATE_ADDR", format!("https://{}", d.grpc))
+        .env("KEYGATE_CACERT", &w.env.paths.ca)
+        .env("BUILDKITE_OIDC_TOKEN", w.rsa.sign(&bk))
+        .env_remove("KEYGATE_CLIENT_CERT")
+        .env_remove("KEYGATE_CLIENT_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["scopes"], json!(["read:bk/*"]));
+    assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(d.stop(), 0);
 }

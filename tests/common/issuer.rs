@@ -125,6 +125,10 @@ async fn discovery(
         .lock()
         .unwrap()
         .push(format!("/{tenant}/.well-known/openid-configuration"));
+    if tenant == "slow" {
+        // slower than the issuer's fetch timeout
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    }
     if st.down.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, String::new()).into_response();
     }
