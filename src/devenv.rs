@@ -84,31 +84,11 @@ fn ca_params() -> Result<CertificateParams, String> {
     Ok(p)
 }
 
-/// Issues a client certificate with common name `cn`, signed by the dev CA in `dir`, written to
-/// `out_cert`/`out_key`.
-pub fn issue_client_cert(
+fn issue(
     dir: &Path,
     cn: &str,
-    out_cert: &Path,
-    out_key: &Path,
-) -> Result<(), String> {
-    let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(|e| e.to_string())?;
-    let ca_key_pem = std::fs::read_to_string(dir.join("ca-key.pem")).map_err(|e| e.to_string())?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rc)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(rc)?;
-    let key = KeyPair::generate().map_err(rc)?;
-    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(rc)?;
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.signed_by(&key, &issuer).map_err(rc)?;
-    write_public(out_cert, &cert.pem())?;
-    write_private(out_key, &key.serialize_pem())
-}
-
-/// Issues a server certificate for `names` (DNS names or IPs), signed by the dev CA in `dir`.
-pub fn issue_server_cert(
-    dir: &Path,
     names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
     out_cert: &Path,
     out_key: &Path,
 ) -> Result<(), String> {
@@ -119,14 +99,46 @@ pub fn issue_server_cert(
     let key = KeyPair::generate().map_err(rc)?;
     let mut p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
         .map_err(rc)?;
-    p.distinguished_name.push(
-        DnType::CommonName,
-        names.first().copied().unwrap_or("localhost"),
-    );
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![usage];
     let cert = p.signed_by(&key, &issuer).map_err(rc)?;
     write_public(out_cert, &cert.pem())?;
     write_private(out_key, &key.serialize_pem())
+}
+
+/// Issues a client certificate with common name `cn`, signed by the dev CA in `dir`.
+pub fn issue_client_cert(
+    dir: &Path,
+    cn: &str,
+    out_cert: &Path,
+    out_key: &Path,
+) -> Result<(), String> {
+    issue(
+        dir,
+        cn,
+        &[],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        out_cert,
+        out_key,
+    )
+}
+
+/// Issues a server certificate for `names` (DNS names or IPs), signed by the dev CA in `dir`.
+pub fn issue_server_cert(
+    dir: &Path,
+    names: &[&str],
+    out_cert: &Path,
+    out_key: &Path,
+) -> Result<(), String> {
+    let cn = names.first().copied().unwrap_or("localhost");
+    issue(
+        dir,
+        cn,
+        names,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        out_cert,
+        out_key,
+    )
 }
 
 /// Creates (or reuses) a dev directory. Existing files are never overwritten.

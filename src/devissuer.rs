@@ -163,24 +163,10 @@ pub async fn serve(
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks", get(jwks))
         .with_state(docs);
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    // never signalled: the task is aborted when `keygate dev` stops
+    let (tx, rx) = tokio::sync::watch::channel(false);
     Ok(tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let (acceptor, app) = (acceptor.clone(), app.clone());
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let _ = hyper_util::server::conn::auto::Builder::new(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                .await;
-            });
-        }
+        let _keep = tx;
+        crate::server::http::serve_router(listener, cfg, app, rx).await
     }))
 }

@@ -96,15 +96,25 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves HTTPS on `listener` until `shutdown` turns true.
+/// Serves the side listener's routes until `shutdown` turns true.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: HttpState,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_router(listener, tls, router(state), shutdown).await
+}
+
+/// Serves any axum router over TLS on `listener` until `shutdown` turns true (the side listener,
+/// the dev issuer, test issuers).
+pub async fn serve_router(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = router(state);
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
@@ -113,7 +123,7 @@ pub async fn serve(
         let (tcp, _peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "http accept failed");
+                tracing::warn!(error = %e, "https accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -125,7 +135,7 @@ pub async fn serve(
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "http tls handshake failed");
+                        tracing::debug!(error = %e, "https tls handshake failed");
                         return;
                     }
                     Err(_) => return,

@@ -248,25 +248,10 @@ impl TestIssuer {
             .route("/actions-token", get(actions_token))
             .fallback(anything)
             .with_state((state.clone(), base.clone()));
-        let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+        let (tx, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = hyper_util::service::TowerToHyperService::new(app);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
-                    .await;
-                });
-            }
+            let _keep = tx;
+            keygate::server::http::serve_router(listener, cfg, app, rx).await
         });
         Self {
             addr,
