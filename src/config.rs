@@ -56,6 +56,8 @@ struct Raw {
     #[serde(default)]
     identity: RawIdentity,
     #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
     issuers: Vec<RawIssuer>,
     #[serde(default)]
     roles: Vec<RawRole>,
@@ -70,6 +72,80 @@ struct RawIdentity {
     signing_key_rotation_secs: u64,
     #[serde(default)]
     dangerous_allow_http_loopback_issuers: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default = "default_audit_dir")]
+    dir: PathBuf,
+    #[serde(default = "default_audit_signing")]
+    signing_key_file: PathBuf,
+    #[serde(default = "default_audit_hmac")]
+    hmac_key_file: PathBuf,
+    #[serde(default = "default_segment_bytes")]
+    segment_bytes: u64,
+    #[serde(default = "default_checkpoint_every")]
+    checkpoint_every: u64,
+    #[serde(default = "default_checkpoint_secs")]
+    checkpoint_interval_secs: u64,
+    #[serde(default = "default_write_deadline")]
+    write_deadline_ms: u64,
+}
+
+impl Default for RawAudit {
+    fn default() -> Self {
+        Self {
+            dir: default_audit_dir(),
+            signing_key_file: default_audit_signing(),
+            hmac_key_file: default_audit_hmac(),
+            segment_bytes: default_segment_bytes(),
+            checkpoint_every: default_checkpoint_every(),
+            checkpoint_interval_secs: default_checkpoint_secs(),
+            write_deadline_ms: default_write_deadline(),
+        }
+    }
+}
+
+fn default_audit_dir() -> PathBuf {
+    PathBuf::from("audit")
+}
+fn default_audit_signing() -> PathBuf {
+    PathBuf::from("audit-signing.key")
+}
+fn default_audit_hmac() -> PathBuf {
+    PathBuf::from("audit-hmac.key")
+}
+fn default_segment_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_checkpoint_every() -> u64 {
+    1000
+}
+fn default_checkpoint_secs() -> u64 {
+    60
+}
+fn default_write_deadline() -> u64 {
+    2000
+}
+
+/// The audit log's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Segment directory.
+    pub dir: PathBuf,
+    /// Ed25519 checkpoint signing key (created if missing, mode 0600).
+    pub signing_key_file: PathBuf,
+    /// HMAC key for value references (created if missing, mode 0600).
+    pub hmac_key_file: PathBuf,
+    /// Segment size.
+    pub segment_bytes: u64,
+    /// Checkpoint every N records.
+    pub checkpoint_every: u64,
+    /// …or every this many seconds.
+    pub checkpoint_interval_secs: u64,
+    /// How long a request waits for its record.
+    pub write_deadline_ms: u64,
 }
 
 impl Default for RawIdentity {
@@ -334,6 +410,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Issuers, roles and credential settings.
     pub identity: IdentityConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
 }
 
 /// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
@@ -580,6 +658,29 @@ impl Config {
         }
 
         let identity = parse_identity(&ctx, raw.identity, raw.issuers, raw.roles)?;
+        let a = raw.audit;
+        if a.segment_bytes < 4096 {
+            return Err(ctx.err("audit", "segment_bytes", "must be at least 4096"));
+        }
+        if a.checkpoint_every == 0 || a.checkpoint_interval_secs == 0 {
+            return Err(ctx.err(
+                "audit",
+                "checkpoint_every",
+                "checkpoints need a positive count and interval",
+            ));
+        }
+        if !(10..=60_000).contains(&a.write_deadline_ms) {
+            return Err(ctx.err("audit", "write_deadline_ms", "must be between 10 and 60000"));
+        }
+        let audit = AuditConfig {
+            dir: ctx.resolve(&a.dir),
+            signing_key_file: ctx.resolve(&a.signing_key_file),
+            hmac_key_file: ctx.resolve(&a.hmac_key_file),
+            segment_bytes: a.segment_bytes,
+            checkpoint_every: a.checkpoint_every,
+            checkpoint_interval_secs: a.checkpoint_interval_secs,
+            write_deadline_ms: a.write_deadline_ms,
+        };
 
         Ok(Self {
             path: path.to_path_buf(),
@@ -596,6 +697,7 @@ impl Config {
             admin_subjects,
             log_format: raw.log.format,
             identity,
+            audit,
         })
     }
 
@@ -616,6 +718,9 @@ impl Config {
         }
         if self.log_format != other.log_format {
             v.push("log.format".to_string());
+        }
+        if self.audit != other.audit {
+            v.push("audit".to_string());
         }
         let (a, b) = (&self.identity, &other.identity);
         if a.url != b.url

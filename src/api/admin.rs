@@ -27,11 +27,11 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::RotateKekResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Admin, "kek")?;
             if req.new_kek_file.is_empty() {
@@ -55,7 +55,14 @@ impl pb::admin_server::Admin for AdminApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Admin/RotateKek", started, result)
+            .finish(
+                "keygate.v1.Admin/RotateKek",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn reload_config(
@@ -64,10 +71,10 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Admin, "config")?;
             let needs_restart = self
@@ -79,7 +86,14 @@ impl pb::admin_server::Admin for AdminApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Admin/ReloadConfig", started, result)
+            .finish(
+                "keygate.v1.Admin/ReloadConfig",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn server_info(
@@ -88,10 +102,10 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Admin, "info")?;
             Ok(pb::ServerInfoResponse {
@@ -104,7 +118,14 @@ impl pb::admin_server::Admin for AdminApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Admin/ServerInfo", started, result)
+            .finish(
+                "keygate.v1.Admin/ServerInfo",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn explain(
@@ -113,11 +134,13 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("role:{}", req.role));
+        audit.caller.token_hmac = Some(self.state.audit_ref(req.token.as_bytes()));
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Admin, "roles")?;
             let trust = self.state.trust();
@@ -154,7 +177,8 @@ impl pb::admin_server::Admin for AdminApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Admin/Explain", started, result)
+            .finish("keygate.v1.Admin/Explain", started, &caller, audit, result)
+            .await
     }
 
     async fn list_roles(
@@ -163,10 +187,10 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Admin, "roles")?;
             Ok(pb::ListRolesResponse {
@@ -175,7 +199,14 @@ impl pb::admin_server::Admin for AdminApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Admin/ListRoles", started, result)
+            .finish(
+                "keygate.v1.Admin/ListRoles",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn rotate_signing_key(
@@ -184,9 +215,17 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
-        let result = self.rotate_signing(caller).await;
+        let mut audit = super::Audit::default();
+        let result = self.rotate_signing(&caller, &mut audit).await;
         self.state
-            .finish("keygate.v1.Admin/RotateSigningKey", started, result)
+            .finish(
+                "keygate.v1.Admin/RotateSigningKey",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn get_role(
@@ -195,11 +234,11 @@ impl pb::admin_server::Admin for AdminApi {
     ) -> Result<Response<pb::RoleInfo>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Admin, "roles")?;
             let trust = self.state.trust();
@@ -210,18 +249,20 @@ impl pb::admin_server::Admin for AdminApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Admin/GetRole", started, result)
+            .finish("keygate.v1.Admin/GetRole", started, &caller, audit, result)
+            .await
     }
 }
 
 impl AdminApi {
     async fn rotate_signing(
         &self,
-        caller: crate::authz::Caller,
+        caller: &crate::authz::Caller,
+        audit: &mut super::Audit,
     ) -> Result<pb::RotateSigningKeyResponse, ApiError> {
+        audit.resource("signing-keys");
         self.state
-            .authz
-            .authenticate(&caller)
+            .who(caller, audit)
             .await?
             .require(Action::Admin, "signing-keys")?;
         self.state

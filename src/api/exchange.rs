@@ -75,7 +75,13 @@ impl ExchangeApi {
         Self { state }
     }
 
-    async fn exchange(&self, req: pb::ExchangeRequest) -> Result<pb::ExchangeResponse, ApiError> {
+    async fn exchange(
+        &self,
+        req: pb::ExchangeRequest,
+        audit: &mut super::Audit,
+    ) -> Result<pb::ExchangeResponse, ApiError> {
+        audit.resource(format!("role:{}", req.role));
+        audit.caller.token_hmac = Some(self.state.audit_ref(req.subject_token.as_bytes()));
         let refuse = |code: &'static str, detail: String| ApiError::Exchange { code, detail };
         if !ACCEPTED_SUBJECT_TYPES.contains(&req.subject_token_type.as_str()) {
             return Err(refuse(
@@ -103,6 +109,14 @@ impl ExchangeApi {
             .verify(&req.subject_token)
             .await
             .map_err(|e| refuse(e.code(), e.to_string()))?;
+        audit.caller.issuer = Some(v.issuer.issuer.clone());
+        audit.caller.subject = v
+            .claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        audit.caller.role = Some(req.role.clone());
+        audit.caller.claims = Some(source_claims(&v.issuer.issuer, &v.claims));
         let role = trust
             .role(&req.role)
             .ok_or_else(|| refuse("no_matching_role", format!("no role named {:?}", req.role)))?;
@@ -158,6 +172,8 @@ impl ExchangeApi {
             .await
             .map_err(|e| refuse("server_error", e.to_string()))?;
         tracing::info!(role = %lease.role, lease_id = %lease.lease_id, ttl, scopes = ?lease.scopes, "credential issued");
+        audit.caller.lease_id = Some(lease.lease_id.clone());
+        audit.resource(format!("lease:{}", lease.lease_id));
         Ok(pb::ExchangeResponse {
             access_token: token,
             issued_token_type: ISSUED_TOKEN_TYPE.into(),
@@ -176,9 +192,11 @@ impl pb::token_exchange_server::TokenExchange for ExchangeApi {
         request: Request<pb::ExchangeRequest>,
     ) -> Result<Response<pb::ExchangeResponse>, Status> {
         let started = Instant::now();
+        let caller = super::caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
         let role = req.role.clone();
-        let result = self.exchange(req).await;
+        let result = self.exchange(req, &mut audit).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ApiError::Exchange { code, .. }) => code,
@@ -186,6 +204,13 @@ impl pb::token_exchange_server::TokenExchange for ExchangeApi {
         };
         self.state.metrics.exchange(&role, outcome);
         self.state
-            .finish("keygate.v1.TokenExchange/Exchange", started, result)
+            .finish(
+                "keygate.v1.TokenExchange/Exchange",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 }

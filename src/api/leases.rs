@@ -54,9 +54,11 @@ impl pb::leases_server::Leases for LeasesApi {
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("lease:{}", req.lease_id));
         let result = async {
-            let who = self.state.authz.authenticate(&caller).await?;
+            let who = self.state.who(&caller, &mut audit).await?;
             let id = target(&who, &req.lease_id)?;
             let lease = self
                 .state
@@ -95,7 +97,8 @@ impl pb::leases_server::Leases for LeasesApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Leases/Renew", started, result)
+            .finish("keygate.v1.Leases/Renew", started, &caller, audit, result)
+            .await
     }
 
     async fn revoke(
@@ -104,9 +107,11 @@ impl pb::leases_server::Leases for LeasesApi {
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("lease:{}", req.lease_id));
         let result = async {
-            let who = self.state.authz.authenticate(&caller).await?;
+            let who = self.state.who(&caller, &mut audit).await?;
             let id = target(&who, &req.lease_id)?;
             let done = self
                 .state
@@ -121,7 +126,8 @@ impl pb::leases_server::Leases for LeasesApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Leases/Revoke", started, result)
+            .finish("keygate.v1.Leases/Revoke", started, &caller, audit, result)
+            .await
     }
 
     async fn revoke_prefix(
@@ -130,9 +136,11 @@ impl pb::leases_server::Leases for LeasesApi {
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("lease-prefix:{}", req.prefix));
         let result = async {
-            let who = self.state.authz.authenticate(&caller).await?;
+            let who = self.state.who(&caller, &mut audit).await?;
             who.require(Action::Admin, "leases")?;
             if req.prefix.is_empty() {
                 return Err(ApiError::InvalidArgument(
@@ -152,7 +160,14 @@ impl pb::leases_server::Leases for LeasesApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Leases/RevokePrefix", started, result)
+            .finish(
+                "keygate.v1.Leases/RevokePrefix",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn list(
@@ -161,9 +176,11 @@ impl pb::leases_server::Leases for LeasesApi {
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("lease-prefix:{}", req.prefix));
         let result = async {
-            let who = self.state.authz.authenticate(&caller).await?;
+            let who = self.state.who(&caller, &mut audit).await?;
             let leases = if who.allows(Action::Admin, "leases") {
                 self.state.credentials.leases.list(&req.prefix).await?
             } else {
@@ -181,6 +198,8 @@ impl pb::leases_server::Leases for LeasesApi {
             })
         }
         .await;
-        self.state.finish("keygate.v1.Leases/List", started, result)
+        self.state
+            .finish("keygate.v1.Leases/List", started, &caller, audit, result)
+            .await
     }
 }

@@ -41,6 +41,26 @@ pub struct AppState {
     pub trust: Arc<std::sync::RwLock<Arc<Trust>>>,
     /// The clock.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// The durable audit log.
+    pub audit: Arc<crate::audit::writer::AuditWriter>,
+    /// Key of the `hmac-sha256:` references in audit records.
+    pub audit_keys: Arc<crate::audit::AuditKeys>,
+}
+
+/// What a handler learned for its audit record.
+#[derive(Default)]
+pub struct Audit {
+    /// Who, as far as known.
+    pub caller: crate::audit::record::CallerInfo,
+    /// Paths, versions, roles, leases touched.
+    pub resources: Vec<String>,
+}
+
+impl Audit {
+    /// Adds a resource.
+    pub fn resource(&mut self, r: impl Into<String>) {
+        self.resources.push(r.into());
+    }
 }
 
 impl AppState {
@@ -170,13 +190,90 @@ pub fn caller_of<T>(req: &Request<T>) -> Caller {
 }
 
 impl AppState {
-    /// Turns a handler's result into a response, recording metrics and logging failures.
-    pub fn finish<T>(
+    /// Authenticates the caller and notes who it is for the audit record.
+    pub async fn who(
+        &self,
+        caller: &Caller,
+        audit: &mut Audit,
+    ) -> Result<crate::authz::Principal, ApiError> {
+        let p = self.authz.authenticate(caller).await?;
+        match &p {
+            crate::authz::Principal::Admin(_) => audit.caller.principal = Some("admin".into()),
+            crate::authz::Principal::Credential(c) => {
+                let cl = &c.claims;
+                audit.caller.principal = Some("credential".into());
+                audit.caller.issuer = cl
+                    .src
+                    .get("iss")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string);
+                audit.caller.subject = Some(cl.sub.clone());
+                audit.caller.role = Some(cl.role.clone());
+                audit.caller.jti = Some(cl.jti.clone());
+                audit.caller.lease_id = Some(cl.lease_id.clone());
+                audit.caller.claims = Some(cl.src.clone());
+            }
+        }
+        Ok(p)
+    }
+
+    /// `hmac-sha256:` reference to a value.
+    pub fn audit_ref(&self, value: &[u8]) -> String {
+        crate::audit::hmac_ref(&self.audit_keys.hmac, value)
+    }
+
+    /// Records the request in the audit log, durably, then answers. If the record cannot be
+    /// written the caller gets `UNAVAILABLE` and nothing else (fail closed).
+    pub async fn finish<T>(
         &self,
         rpc: &'static str,
         started: Instant,
+        caller: &Caller,
+        audit: Audit,
         result: Result<T, ApiError>,
     ) -> Result<Response<T>, Status> {
+        let (decision, reason, code) = match &result {
+            Ok(_) => ("allow", None, Code::Ok),
+            Err(e) => {
+                let decision = match e {
+                    ApiError::Authz(_) | ApiError::Exchange { .. } => "deny",
+                    _ => "error",
+                };
+                (decision, Some(e.to_string()), e.to_status().code())
+            }
+        };
+        let mut who = audit.caller;
+        who.peer = caller.peer.map(|p| p.to_string());
+        who.tls_client = caller.cert_subject.clone();
+        if let Some(b) = &caller.bearer {
+            who.token_hmac
+                .get_or_insert_with(|| self.audit_ref(b.expose()));
+        }
+        let mut id = [0u8; 12];
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        let record = crate::audit::record::Record {
+            seq: 0,
+            time: crate::audit::writer::now_rfc3339(),
+            node: String::new(),
+            kind: crate::audit::record::Kind::Request,
+            prev: String::new(),
+            request_id: Some(hex::encode(id)),
+            op: Some(rpc.to_string()),
+            caller: Some(who),
+            resources: audit.resources,
+            decision: Some(decision.to_string()),
+            reason,
+            status: Some(crate::metrics::code_name(code).to_string()),
+            sig: None,
+            truncated_bytes: None,
+        };
+        if let Err(e) = self.audit.append(record).await {
+            tracing::error!(rpc, error = %e, "audit record not written: refusing the request");
+            self.metrics.observe(rpc, Code::Unavailable, started);
+            return Err(Status::unavailable(
+                "audit log unavailable: the request was not served",
+            ));
+        }
         match result {
             Ok(v) => {
                 self.metrics.observe(rpc, Code::Ok, started);

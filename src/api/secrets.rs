@@ -69,11 +69,12 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("secret:{}@{}", req.path, req.version));
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Read, &req.path)?;
             let v = self.state.store.get(&req.path, req.version).await?;
@@ -102,7 +103,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
             })
         }
         .await;
-        self.state.finish("keygate.v1.Secrets/Get", started, result)
+        self.state
+            .finish("keygate.v1.Secrets/Get", started, &caller, audit, result)
+            .await
     }
 
     async fn list(
@@ -111,9 +114,11 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("prefix:{}", req.prefix));
         let result = async {
-            let who = self.state.authz.authenticate(&caller).await?;
+            let who = self.state.who(&caller, &mut audit).await?;
             let rows = self.state.store.list(&req.prefix).await?;
             // names the caller may not list are not there, as far as it can tell
             Ok(pb::ListSecretsResponse {
@@ -126,7 +131,8 @@ impl pb::secrets_server::Secrets for SecretsApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Secrets/List", started, result)
+            .finish("keygate.v1.Secrets/List", started, &caller, audit, result)
+            .await
     }
 
     async fn put(
@@ -135,11 +141,16 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::PutSecretResponse>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("secret:{} fields:{}", req.path, {
+            let mut f: Vec<&str> = req.fields.keys().map(String::as_str).collect();
+            f.sort();
+            f.join(",")
+        }));
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Write, &req.path)?;
             let fields: SecretFields = req
@@ -162,7 +173,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
             })
         }
         .await;
-        self.state.finish("keygate.v1.Secrets/Put", started, result)
+        self.state
+            .finish("keygate.v1.Secrets/Put", started, &caller, audit, result)
+            .await
     }
 
     async fn delete(
@@ -171,11 +184,12 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::SecretMetadata>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Delete, &req.path)?;
             let m = self.state.store.delete(&req.path, &req.versions).await?;
@@ -183,7 +197,8 @@ impl pb::secrets_server::Secrets for SecretsApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Secrets/Delete", started, result)
+            .finish("keygate.v1.Secrets/Delete", started, &caller, audit, result)
+            .await
     }
 
     async fn undelete(
@@ -192,11 +207,12 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::SecretMetadata>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Delete, &req.path)?;
             let m = self.state.store.undelete(&req.path, &req.versions).await?;
@@ -204,7 +220,14 @@ impl pb::secrets_server::Secrets for SecretsApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Secrets/Undelete", started, result)
+            .finish(
+                "keygate.v1.Secrets/Undelete",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     async fn destroy(
@@ -213,11 +236,12 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<pb::SecretMetadata>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
         let result = async {
             self.state
-                .authz
-                .authenticate(&caller)
+                .who(&caller, &mut audit)
                 .await?
                 .require(Action::Delete, &req.path)?;
             let m = self.state.store.destroy(&req.path, &req.versions).await?;
@@ -225,7 +249,14 @@ impl pb::secrets_server::Secrets for SecretsApi {
         }
         .await;
         self.state
-            .finish("keygate.v1.Secrets/Destroy", started, result)
+            .finish(
+                "keygate.v1.Secrets/Destroy",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
     }
 
     type WatchStream = WatchStream;
@@ -236,7 +267,14 @@ impl pb::secrets_server::Secrets for SecretsApi {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let started = Instant::now();
         let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
         let req = request.into_inner();
+        audit.resources.extend(
+            req.paths
+                .iter()
+                .map(|p| format!("watch:{p}"))
+                .chain(req.prefixes.iter().map(|p| format!("watch-prefix:{p}"))),
+        );
         let rx = self.state.store.subscribe();
         let result = async {
             if req.paths.is_empty() && req.prefixes.is_empty() {
@@ -244,7 +282,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
                     "name at least one path or prefix to watch".into(),
                 ));
             }
-            let who = self.state.authz.authenticate(&caller).await?;
+            let who = self.state.who(&caller, &mut audit).await?;
             for p in &req.paths {
                 path::validate(p).map_err(ApiError::InvalidArgument)?;
                 who.require(Action::Read, p)?;
@@ -272,7 +310,8 @@ impl pb::secrets_server::Secrets for SecretsApi {
             Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)) as WatchStream
         });
         self.state
-            .finish("keygate.v1.Secrets/Watch", started, result)
+            .finish("keygate.v1.Secrets/Watch", started, &caller, audit, result)
+            .await
     }
 }
 

@@ -148,12 +148,56 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Read and prove the audit log (works on the files; no daemon needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Operator commands.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Walk every segment: OK with counts, or the first bad sequence number (exit 1).
+    Verify {
+        /// The audit directory.
+        dir: PathBuf,
+        /// Ed25519 public key (base64) to check checkpoints with; default DIR/audit.pub.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+    /// Print records as JSON lines (`--follow` keeps reading new ones).
+    Tail {
+        /// The audit directory.
+        dir: PathBuf,
+        /// Records to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing new records.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print every record since a time (RFC 3339) as JSON lines, for a SIEM.
+    Export {
+        /// The audit directory.
+        dir: PathBuf,
+        /// RFC 3339 time, e.g. 2026-11-27T00:00:00Z.
+        #[arg(long)]
+        since: String,
+    },
+    /// The `hmac-sha256:` reference a record holds for a value (a token, a secret).
+    Hash {
+        /// The value (`-` reads stdin).
+        value: String,
+        /// The audit HMAC key file.
+        #[arg(long, env = "KEYGATE_AUDIT_HMAC_KEY")]
+        key: PathBuf,
     },
 }
 
@@ -289,6 +333,16 @@ pub async fn run(cli: Cli) -> i32 {
             };
             exchange(&conn, &role, &scopes, ttl, source, out.as_deref(), json).await
         }
+        Command::Audit { command } => match command {
+            AuditCommand::Verify { dir, pubkey } => {
+                return crate::audit::cli::verify(&dir, pubkey.as_deref())
+            }
+            AuditCommand::Tail { dir, lines, follow } => {
+                crate::audit::cli::tail(&dir, lines, follow).await
+            }
+            AuditCommand::Export { dir, since } => crate::audit::cli::export(&dir, &since),
+            AuditCommand::Hash { value, key } => crate::audit::cli::hash(&value, &key),
+        },
         Command::Admin { command, conn } => match command {
             AdminCommand::RotateKek { new_kek } => rotate_kek(&conn, &new_kek).await,
             AdminCommand::Reload => reload(&conn).await,

@@ -24,6 +24,8 @@ pub struct HttpState {
     pub accepting: Arc<AtomicBool>,
     /// Credentials (discovery and JWKS).
     pub credentials: Arc<crate::credential::Credentials>,
+    /// The audit log (not ready while it cannot be written).
+    pub audit: Arc<crate::audit::writer::AuditWriter>,
 }
 
 async fn discovery(State(s): State<HttpState>) -> impl IntoResponse {
@@ -53,6 +55,9 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if !s.accepting.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    if !s.audit.healthy() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n");
     }
     match s
         .store

@@ -138,6 +138,7 @@ pub struct Daemon {
     reload: Arc<Reloader>,
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
+    audit: Arc<crate::audit::writer::AuditWriter>,
 }
 
 fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
@@ -227,6 +228,51 @@ impl Daemon {
             clock: clock.clone(),
             storage: store.storage().clone(),
         });
+        let audit_keys = Arc::new(
+            crate::audit::AuditKeys::load_or_create(
+                &config.audit.signing_key_file,
+                &config.audit.hmac_key_file,
+                &config.audit.dir,
+            )
+            .map_err(|m| {
+                StartError::Config(ConfigError {
+                    file: config.path.clone(),
+                    line: None,
+                    key: Some("audit.signing_key_file".into()),
+                    message: m,
+                })
+            })?,
+        );
+        let audit_signing = {
+            let raw = std::fs::read_to_string(&config.audit.signing_key_file)
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            use base64::Engine;
+            let der = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD
+                    .decode(raw.trim())
+                    .map_err(|e| StartError::Other(e.to_string()))?,
+            );
+            aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(&der)
+                .map_err(|_| StartError::Other("audit signing key".into()))?
+        };
+        let audit = Arc::new(
+            crate::audit::writer::AuditWriter::open(
+                crate::audit::writer::WriterConfig {
+                    dir: config.audit.dir.clone(),
+                    segment_bytes: config.audit.segment_bytes,
+                    checkpoint_every: config.audit.checkpoint_every,
+                    checkpoint_interval: std::time::Duration::from_secs(
+                        config.audit.checkpoint_interval_secs,
+                    ),
+                    write_deadline: std::time::Duration::from_millis(
+                        config.audit.write_deadline_ms,
+                    ),
+                    node: config.server.node_id.clone(),
+                },
+                audit_signing,
+            )
+            .map_err(|m| StartError::Other(format!("audit.dir: {m}")))?,
+        );
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -238,6 +284,8 @@ impl Daemon {
             credentials: credentials.clone(),
             trust: trust.clone(),
             clock: clock.clone(),
+            audit: audit.clone(),
+            audit_keys,
         });
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
 
@@ -326,6 +374,7 @@ impl Daemon {
                     metrics,
                     accepting: accepting.clone(),
                     credentials: credentials.clone(),
+                    audit: audit.clone(),
                 };
                 let task = tokio::spawn(http::serve(l, tls, hs, shutdown_rx.clone()));
                 (Some(bound), Some(task))
@@ -351,6 +400,7 @@ impl Daemon {
             reload,
             grace: config.server.shutdown_grace,
             housekeeping,
+            audit,
         })
     }
 
@@ -407,6 +457,8 @@ impl Daemon {
             t.abort();
         }
         self.housekeeping.abort();
+        // the final signed checkpoint
+        self.audit.close().await;
         self.store
             .storage()
             .flush()

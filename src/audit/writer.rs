@@ -1,0 +1,414 @@
+//! The durable audit writer: one thread owns the files; requests queue records and wait until a
+//! batch holding theirs is written and `fdatasync`ed (group commit). Sequence numbers and the
+//! hash chain advance only on a successful sync; a failed write is truncated away before the
+//! next attempt, so the log never holds a half record and recovers by itself.
+use super::record::{checkpoint_message, line_hash, Kind, Record, GENESIS};
+use aws_lc_rs::signature::Ed25519KeyPair;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Writer settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterConfig {
+    /// Directory of the segments.
+    pub dir: PathBuf,
+    /// Start a new segment past this size.
+    pub segment_bytes: u64,
+    /// Checkpoint after this many records…
+    pub checkpoint_every: u64,
+    /// …or this long after the last one, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// A request waits at most this long for its record to be durable.
+    pub write_deadline: Duration,
+    /// Node id written in every record.
+    pub node: String,
+}
+
+/// Why a record could not be made durable.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuditError {
+    /// Writing or syncing failed (disk full, I/O error).
+    #[error("audit log write failed: {0}")]
+    Io(String),
+    /// The writer did not confirm within the deadline.
+    #[error("audit log writer stalled")]
+    Stalled,
+    /// The queue is full.
+    #[error("audit log queue full")]
+    Full,
+    /// The writer has stopped.
+    #[error("audit log closed")]
+    Closed,
+}
+
+enum Msg {
+    Append(Box<Record>, oneshot::Sender<Result<u64, AuditError>>),
+    Close(oneshot::Sender<()>),
+}
+
+/// The running audit log.
+pub struct AuditWriter {
+    tx: SyncSender<Msg>,
+    healthy: Arc<AtomicBool>,
+    deadline: Duration,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Records written since start.
+    pub written: Arc<AtomicU64>,
+}
+
+fn rfc3339(millis: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(millis as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Now as RFC 3339.
+pub fn now_rfc3339() -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    rfc3339(ms)
+}
+
+/// Segment file name for a first sequence number.
+pub fn segment_name(first_seq: u64) -> String {
+    format!("audit-{first_seq:020}.log")
+}
+
+/// Segment files in order.
+pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".log"))
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+struct State {
+    cfg: WriterConfig,
+    key: Ed25519KeyPair,
+    file: File,
+    path: PathBuf,
+    good_len: u64,
+    seq: u64,
+    prev: String,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+fn io(e: std::io::Error) -> AuditError {
+    AuditError::Io(e.to_string())
+}
+
+impl State {
+    /// Opens the newest segment (or a first one), truncating a torn last line.
+    fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<(Self, Option<u64>), String> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        let segs = segments(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
+        let mut seq = 0;
+        let mut prev = GENESIS.to_string();
+        let mut truncated = None;
+        let path = match segs.last() {
+            None => cfg.dir.join(segment_name(1)),
+            Some(last) => {
+                let mut bytes = Vec::new();
+                File::open(last)
+                    .and_then(|mut f| f.read_to_end(&mut bytes))
+                    .map_err(|e| format!("{}: {e}", last.display()))?;
+                let complete = bytes
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
+                if complete < bytes.len() {
+                    truncated = Some((bytes.len() - complete) as u64);
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(last)
+                        .map_err(|e| e.to_string())?;
+                    f.set_len(complete as u64).map_err(|e| e.to_string())?;
+                    f.sync_all().map_err(|e| e.to_string())?;
+                    bytes.truncate(complete);
+                }
+                // the chain continues from the last complete line, in this or an earlier segment
+                let mut found = None;
+                for p in segs.iter().rev() {
+                    let b = if p == last {
+                        bytes.clone()
+                    } else {
+                        std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?
+                    };
+                    if let Some(line) = b.split(|c| *c == b'\n').rfind(|l| !l.is_empty()) {
+                        found = Some(line.to_vec());
+                        break;
+                    }
+                }
+                if let Some(line) = found {
+                    let r: Record = serde_json::from_slice(&line)
+                        .map_err(|e| format!("last audit record is unreadable: {e}"))?;
+                    seq = r.seq;
+                    prev = line_hash(&line);
+                }
+                last.clone()
+            }
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let good_len = file.metadata().map_err(|e| e.to_string())?.len();
+        Ok((
+            Self {
+                cfg,
+                key,
+                file,
+                path,
+                good_len,
+                seq,
+                prev,
+                since_checkpoint: 0,
+                last_checkpoint: Instant::now(),
+            },
+            truncated,
+        ))
+    }
+
+    /// Serialises `recs` onto the chain and makes them durable; all or nothing.
+    fn write(&mut self, recs: &mut [Record]) -> Result<u64, AuditError> {
+        let mut buf = Vec::new();
+        let (mut seq, mut prev) = (self.seq, self.prev.clone());
+        for r in recs.iter_mut() {
+            seq += 1;
+            r.seq = seq;
+            r.prev = prev.clone();
+            r.node = self.cfg.node.clone();
+            if r.kind == Kind::Checkpoint {
+                let sig = self.key.sign(&checkpoint_message(seq, &prev, &r.time));
+                r.sig = Some(B64.encode(sig.as_ref()));
+            }
+            let line = serde_json::to_vec(r).map_err(|e| AuditError::Io(e.to_string()))?;
+            prev = line_hash(&line);
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+        }
+        // a previous failed attempt may have left bytes behind: cut back to the last good line
+        let len = self.file.metadata().map_err(io)?.len();
+        if len != self.good_len {
+            self.file.set_len(self.good_len).map_err(io)?;
+        }
+        self.file.seek(SeekFrom::End(0)).map_err(io)?;
+        self.file.write_all(&buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.good_len += buf.len() as u64;
+        self.seq = seq;
+        self.prev = prev;
+        Ok(seq)
+    }
+
+    fn checkpoint_record(&self) -> Record {
+        Record {
+            seq: 0,
+            time: now_rfc3339(),
+            node: String::new(),
+            kind: Kind::Checkpoint,
+            prev: String::new(),
+            request_id: None,
+            op: None,
+            caller: None,
+            resources: Vec::new(),
+            decision: None,
+            reason: None,
+            status: None,
+            sig: None,
+            truncated_bytes: None,
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<(), AuditError> {
+        let mut cp = [self.checkpoint_record()];
+        self.write(&mut cp)?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    fn maybe_rotate(&mut self) -> Result<(), AuditError> {
+        if self.good_len < self.cfg.segment_bytes {
+            return Ok(());
+        }
+        // close the segment with a checkpoint, then continue the chain in a new file
+        if self.since_checkpoint > 0 {
+            self.checkpoint()?;
+        }
+        let path = self.cfg.dir.join(segment_name(self.seq + 1));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io)?;
+        File::open(&self.cfg.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        self.file = file;
+        self.path = path;
+        self.good_len = 0;
+        Ok(())
+    }
+}
+
+fn run(mut st: State, rx: Receiver<Msg>, healthy: Arc<AtomicBool>, written: Arc<AtomicU64>) {
+    loop {
+        let wait = st
+            .cfg
+            .checkpoint_interval
+            .saturating_sub(st.last_checkpoint.elapsed())
+            .max(Duration::from_millis(1));
+        let first = match rx.recv_timeout(wait) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) => {
+                if st.since_checkpoint > 0 {
+                    healthy.store(st.checkpoint().is_ok(), Ordering::SeqCst);
+                } else {
+                    st.last_checkpoint = Instant::now();
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = Vec::new();
+        let mut close = None;
+        match first {
+            Msg::Append(r, tx) => batch.push((r, tx)),
+            Msg::Close(tx) => close = Some(tx),
+        }
+        while close.is_none() && batch.len() < 1024 {
+            match rx.try_recv() {
+                Ok(Msg::Append(r, tx)) => batch.push((r, tx)),
+                Ok(Msg::Close(tx)) => close = Some(tx),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            let mut recs: Vec<Record> = batch.iter().map(|(r, _)| (**r).clone()).collect();
+            let n = recs.len() as u64;
+            let result = st.write(&mut recs);
+            healthy.store(result.is_ok(), Ordering::SeqCst);
+            if result.is_ok() {
+                written.fetch_add(n, Ordering::Relaxed);
+                st.since_checkpoint += n;
+            }
+            for ((_, tx), r) in batch.into_iter().zip(recs.iter()) {
+                let _ = tx.send(result.clone().map(|_| r.seq));
+            }
+            if st.since_checkpoint >= st.cfg.checkpoint_every {
+                healthy.store(st.checkpoint().is_ok(), Ordering::SeqCst);
+            }
+            if let Err(e) = st.maybe_rotate() {
+                healthy.store(false, Ordering::SeqCst);
+                tracing::error!(error = %e, "audit segment rotation failed");
+            }
+        }
+        if let Some(tx) = close {
+            if let Err(e) = st.checkpoint() {
+                tracing::error!(error = %e, "final audit checkpoint failed");
+            }
+            let _ = tx.send(());
+            return;
+        }
+    }
+}
+
+impl AuditWriter {
+    /// Opens the log (recovering from a crash) and starts the writer thread.
+    pub fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<Self, String> {
+        let deadline = cfg.write_deadline;
+        let (mut st, truncated) = State::open(cfg, key)?;
+        // every start is recorded; a torn line that was cut is said so
+        let mut rec = st.checkpoint_record();
+        rec.kind = Kind::Recovery;
+        rec.truncated_bytes = truncated;
+        rec.reason = Some(match truncated {
+            Some(n) => format!("writer reopened the log; truncated a torn last line of {n} bytes"),
+            None => "writer opened the log".into(),
+        });
+        st.write(&mut [rec]).map_err(|e| e.to_string())?;
+        st.since_checkpoint += 1;
+        if let Some(n) = truncated {
+            tracing::warn!(
+                bytes = n,
+                "audit log: truncated a torn last line left by a crash"
+            );
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(65_536);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let written = Arc::new(AtomicU64::new(0));
+        let (h, w) = (healthy.clone(), written.clone());
+        let thread = std::thread::Builder::new()
+            .name("keygate-audit".into())
+            .spawn(move || run(st, rx, h, w))
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            tx,
+            healthy,
+            deadline,
+            thread: Mutex::new(Some(thread)),
+            written,
+        })
+    }
+
+    /// Appends `rec` and waits until it is durable; the caller must not answer before `Ok`.
+    pub async fn append(&self, rec: Record) -> Result<u64, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        match self.tx.try_send(Msg::Append(Box::new(rec), tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.healthy.store(false, Ordering::SeqCst);
+                return Err(AuditError::Full);
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(AuditError::Closed),
+        }
+        match tokio::time::timeout(self.deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(AuditError::Closed),
+            Err(_) => {
+                self.healthy.store(false, Ordering::SeqCst);
+                Err(AuditError::Stalled)
+            }
+        }
+    }
+
+    /// False after a failed write, until a write succeeds again.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Writes the final checkpoint and stops the writer.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Close(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
