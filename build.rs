@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keygate.v1.DatabaseCredential",
             "keygate.v1.RenewLeaseResponse",
             "keygate.v1.ExplainRequest",
+            "keygate.v1.AuditHashRequest",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -79,6 +79,14 @@ impl fmt::Debug for RenewLeaseResponse {
     }
 }
 
+impl fmt::Debug for AuditHashRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuditHashRequest")
+            .field("value", &"[redacted]")
+            .finish()
+    }
+}
+
 impl fmt::Debug for ExplainRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ExplainRequest")

@@ -78,6 +78,26 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         .await
         .unwrap_err();
     a.server_info(pb::ServerInfoRequest {}).await.unwrap();
+    let head = a
+        .audit_head(pb::AuditHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(head.healthy && head.seq >= 7, "{head:?}");
+    assert_eq!(
+        head.public_key,
+        std::fs::read_to_string(env.paths.dir.join("audit/audit.pub"))
+            .unwrap()
+            .trim()
+    );
+    let via_rpc = a
+        .audit_hash(pb::AuditHashRequest {
+            value: secret.as_bytes().to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hmac;
     // denied: no identity at all, and a garbage bearer token
     let mut anon = SecretsClient::new(env.channel_as(&d, None).await);
     let _ = anon
@@ -124,6 +144,8 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
             ("keygate.v1.Secrets/Undelete", "OK"),
             ("keygate.v1.Secrets/Get", "NOT_FOUND"),
             ("keygate.v1.Admin/ServerInfo", "OK"),
+            ("keygate.v1.Admin/AuditHead", "OK"),
+            ("keygate.v1.Admin/AuditHash", "OK"),
             ("keygate.v1.Secrets/Get", "UNAUTHENTICATED"),
             ("keygate.v1.Secrets/Get", "UNAUTHENTICATED"),
             ("keygate.v1.TokenExchange/Exchange", "UNAUTHENTICATED"),
@@ -136,7 +158,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     assert_eq!(caller.principal.as_deref(), Some("admin"));
     assert_eq!(caller.tls_client.as_deref(), Some("CN=keygate-admin"));
     assert!(caller.peer.as_deref().unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(reqs[7].decision.as_deref(), Some("deny"));
+    assert_eq!(reqs[9].decision.as_deref(), Some("deny"));
     // the bogus bearer and platform token appear only as HMACs, findable with `audit hash`
     let hash = |v: &str| {
         let out = Command::new(BIN)
@@ -147,14 +169,19 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     assert_eq!(
-        reqs[8].caller.as_ref().unwrap().token_hmac.as_deref(),
+        reqs[10].caller.as_ref().unwrap().token_hmac.as_deref(),
         Some(hash(&bogus).as_str())
     );
     assert_eq!(
-        reqs[9].caller.as_ref().unwrap().token_hmac.as_deref(),
+        reqs[11].caller.as_ref().unwrap().token_hmac.as_deref(),
         Some(hash(&platform).as_str())
     );
     assert!(hash(&bogus).starts_with("hmac-sha256:"));
+    assert_eq!(
+        via_rpc,
+        hash(&secret),
+        "Admin.AuditHash and `audit hash` agree"
+    );
     // sequence: open record, the requests, the final signed checkpoint; the chain verifies
     assert_eq!(recs.first().unwrap().kind, Kind::Recovery);
     assert_eq!(recs.last().unwrap().kind, Kind::Checkpoint);

@@ -844,6 +844,42 @@ async fn credentials_are_scoped_expire_and_revoke() {
         assert!(e.message().contains("expired"), "{e:?}");
     }
     assert_eq!(d.stop(), 0);
+    // "which job of which commit read this secret" is one query over the audit log
+    let mut reads = Vec::new();
+    for seg in keygate::audit::writer::segments(&w.env.paths.dir.join("audit")).unwrap() {
+        for l in std::fs::read_to_string(seg).unwrap().lines() {
+            let r: keygate::audit::record::Record = serde_json::from_str(l).unwrap();
+            if r.op.as_deref() == Some("keygate.v1.Secrets/Get")
+                && r.status.as_deref() == Some("OK")
+                && r.resources
+                    .iter()
+                    .any(|x| x.starts_with("secret:prod/api/db"))
+            {
+                reads.push(r);
+            }
+        }
+    }
+    let first = reads.first().expect("the credential's read is audited");
+    let who = first.caller.as_ref().unwrap();
+    assert_eq!(who.principal.as_deref(), Some("credential"));
+    assert_eq!(who.role.as_deref(), Some("deploy"));
+    assert_eq!(who.lease_id.as_deref(), Some(cred.lease_id.as_str()));
+    assert_eq!(who.issuer.as_deref(), Some(GH));
+    let claims = who.claims.as_ref().unwrap();
+    assert_eq!(claims["repository"], "acme/app");
+    assert_eq!(claims["sha"], good["sha"]);
+    assert_eq!(claims["run_id"], good["run_id"]);
+    assert!(who
+        .token_hmac
+        .as_deref()
+        .unwrap()
+        .starts_with("hmac-sha256:"));
+    let audit_copy = w.env.logs.join("audit-copy.log");
+    let mut all = Vec::new();
+    for seg in keygate::audit::writer::segments(&w.env.paths.dir.join("audit")).unwrap() {
+        all.extend(std::fs::read(seg).unwrap());
+    }
+    std::fs::write(audit_copy, all).unwrap();
     w.env.assert_logs_free_of(&[db, t, c1, c2, c3]);
 }
 

@@ -228,6 +228,68 @@ impl pb::admin_server::Admin for AdminApi {
             .await
     }
 
+    async fn audit_head(
+        &self,
+        request: Request<pb::AuditHeadRequest>,
+    ) -> Result<Response<pb::AuditHeadResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
+        let result = async {
+            self.state
+                .who(&caller, &mut audit)
+                .await?
+                .require(Action::Admin, "audit")?;
+            let (seq, chain_hash) = self.state.audit.head();
+            Ok(pb::AuditHeadResponse {
+                seq,
+                chain_hash,
+                public_key: self.state.audit_keys.public_key_b64(),
+                healthy: self.state.audit.healthy(),
+            })
+        }
+        .await;
+        self.state
+            .finish(
+                "keygate.v1.Admin/AuditHead",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
+    }
+
+    async fn audit_hash(
+        &self,
+        request: Request<pb::AuditHashRequest>,
+    ) -> Result<Response<pb::AuditHashResponse>, Status> {
+        let started = Instant::now();
+        let caller = caller_of(&request);
+        let mut audit = super::Audit::default();
+        let req = request.into_inner();
+        let result = async {
+            self.state
+                .who(&caller, &mut audit)
+                .await?
+                .require(Action::Admin, "audit")?;
+            let hmac = self.state.audit_ref(&req.value);
+            // the record of this lookup holds the reference, never the value
+            audit.resource(hmac.clone());
+            Ok(pb::AuditHashResponse { hmac })
+        }
+        .await;
+        self.state
+            .finish(
+                "keygate.v1.Admin/AuditHash",
+                started,
+                &caller,
+                audit,
+                result,
+            )
+            .await
+    }
+
     async fn get_role(
         &self,
         request: Request<pb::GetRoleRequest>,

@@ -62,6 +62,7 @@ pub struct AuditWriter {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Records written since start.
     pub written: Arc<AtomicU64>,
+    head: Arc<Mutex<(u64, String)>>,
 }
 
 fn rfc3339(millis: u64) -> String {
@@ -274,8 +275,17 @@ impl State {
     }
 }
 
-fn run(mut st: State, rx: Receiver<Msg>, healthy: Arc<AtomicBool>, written: Arc<AtomicU64>) {
+fn run(
+    mut st: State,
+    rx: Receiver<Msg>,
+    healthy: Arc<AtomicBool>,
+    written: Arc<AtomicU64>,
+    head: Arc<Mutex<(u64, String)>>,
+) {
     loop {
+        if let Ok(mut h) = head.lock() {
+            *h = (st.seq, st.prev.clone());
+        }
         let wait = st
             .cfg
             .checkpoint_interval
@@ -361,9 +371,11 @@ impl AuditWriter {
         let healthy = Arc::new(AtomicBool::new(true));
         let written = Arc::new(AtomicU64::new(0));
         let (h, w) = (healthy.clone(), written.clone());
+        let head = Arc::new(Mutex::new((st.seq, st.prev.clone())));
+        let hd = head.clone();
         let thread = std::thread::Builder::new()
             .name("keygate-audit".into())
-            .spawn(move || run(st, rx, h, w))
+            .spawn(move || run(st, rx, h, w, hd))
             .map_err(|e| e.to_string())?;
         Ok(Self {
             tx,
@@ -371,6 +383,7 @@ impl AuditWriter {
             deadline,
             thread: Mutex::new(Some(thread)),
             written,
+            head,
         })
     }
 
@@ -393,6 +406,11 @@ impl AuditWriter {
                 Err(AuditError::Stalled)
             }
         }
+    }
+
+    /// Last sequence number and chain hash the writer has made durable (as of its last wake).
+    pub fn head(&self) -> (u64, String) {
+        self.head.lock().map(|h| h.clone()).unwrap_or_default()
     }
 
     /// False after a failed write, until a write succeeds again.
