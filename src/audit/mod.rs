@@ -1,6 +1,7 @@
 //! The audit log: every access, allowed or denied, recorded durably before the answer, in a
 //! hash-chained, signed, append-only file sequence (docs/audit.md). It is evidence, not a log
 //! level: its own files, fixed schema, no secret values (only `hmac-sha256:` references).
+pub mod bench;
 pub mod cli;
 pub mod record;
 pub mod verify;

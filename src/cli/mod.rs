@@ -148,6 +148,11 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Benchmarks. `keygate bench audit`: durable audit appends with N concurrent clients.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Read and prove the audit log (works on the files; no daemon needed).
     Audit {
         #[command(subcommand)]
@@ -159,6 +164,22 @@ enum Command {
         command: AdminCommand,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Group commit: records/s and latency of durable appends.
+    Audit {
+        /// Concurrent clients (repeat for several runs).
+        #[arg(long = "clients", default_values_t = [1usize, 64])]
+        clients: Vec<usize>,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Directory for the temporary log (its file system is what is measured).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
 }
 
@@ -332,6 +353,28 @@ pub async fn run(cli: Cli) -> i32 {
                 TokenSource::Detect { audience }
             };
             exchange(&conn, &role, &scopes, ttl, source, out.as_deref(), json).await
+        }
+        Command::Bench {
+            command:
+                BenchCommand::Audit {
+                    clients,
+                    seconds,
+                    dir,
+                },
+        } => {
+            let mut r = Ok(());
+            for n in clients {
+                match crate::audit::bench::run(&dir, n, std::time::Duration::from_secs(seconds))
+                    .await
+                {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+            }
+            r
         }
         Command::Audit { command } => match command {
             AuditCommand::Verify { dir, pubkey } => {

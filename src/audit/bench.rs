@@ -1,0 +1,90 @@
+//! `keygate bench audit`: group commit measured. N concurrent clients each append records and
+//! wait for durability, as request handlers do; reports records/s and latency percentiles.
+use super::record::{Kind, Record};
+use super::writer::{AuditWriter, WriterConfig};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Runs the benchmark in a temporary directory under `dir`.
+pub async fn run(
+    dir: &std::path::Path,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<String> {
+    let tmp = dir.join(format!("keygate-audit-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let doc =
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
+            .map_err(|_| anyhow::anyhow!("key generation failed"))?;
+    let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
+        .map_err(|_| anyhow::anyhow!("key"))?;
+    let w = Arc::new(
+        AuditWriter::open(
+            WriterConfig {
+                dir: tmp.clone(),
+                segment_bytes: 64 * 1024 * 1024,
+                checkpoint_every: 1000,
+                checkpoint_interval: Duration::from_secs(60),
+                write_deadline: Duration::from_secs(10),
+                node: "bench".into(),
+            },
+            key,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?,
+    );
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut i = 0u64;
+            while started.elapsed() < duration {
+                let rec = Record {
+                    seq: 0,
+                    time: super::writer::now_rfc3339(),
+                    node: String::new(),
+                    kind: Kind::Request,
+                    prev: String::new(),
+                    request_id: Some(format!("{c}-{i}")),
+                    op: Some("keygate.v1.Secrets/Get".into()),
+                    caller: None,
+                    resources: vec![format!("secret:bench/{c}/{i}@0")],
+                    decision: Some("allow".into()),
+                    reason: None,
+                    status: Some("OK".into()),
+                    sig: None,
+                    truncated_bytes: None,
+                };
+                let t = Instant::now();
+                if w.append(rec).await.is_err() {
+                    break;
+                }
+                lat.push(t.elapsed());
+                i += 1;
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    w.close().await;
+    let _ = std::fs::remove_dir_all(&tmp);
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    Ok(format!(
+        "clients={clients} records={} records_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        all.len(),
+        all.len() as f64 / secs,
+        pct(0.50),
+        pct(0.99),
+        all.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    ))
+}
