@@ -91,6 +91,13 @@ struct RawAudit {
     checkpoint_interval_secs: u64,
     #[serde(default = "default_write_deadline")]
     write_deadline_ms: u64,
+    sink: Option<String>,
+    #[serde(default = "default_sink_queue")]
+    sink_queue: usize,
+}
+
+fn default_sink_queue() -> usize {
+    10_000
 }
 
 impl Default for RawAudit {
@@ -103,6 +110,8 @@ impl Default for RawAudit {
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval_secs: default_checkpoint_secs(),
             write_deadline_ms: default_write_deadline(),
+            sink: None,
+            sink_queue: default_sink_queue(),
         }
     }
 }
@@ -146,6 +155,10 @@ pub struct AuditConfig {
     pub checkpoint_interval_secs: u64,
     /// How long a request waits for its record.
     pub write_deadline_ms: u64,
+    /// Optional second sink.
+    pub sink: Option<crate::audit::writer::Sink>,
+    /// Its queue length.
+    pub sink_queue: usize,
 }
 
 impl Default for RawIdentity {
@@ -672,7 +685,23 @@ impl Config {
         if !(10..=60_000).contains(&a.write_deadline_ms) {
             return Err(ctx.err("audit", "write_deadline_ms", "must be between 10 and 60000"));
         }
+        let sink = match a.sink.as_deref() {
+            None | Some("") => None,
+            Some("stdout") => Some(crate::audit::writer::Sink::Stdout),
+            Some(u) if u.starts_with("unix:") => Some(crate::audit::writer::Sink::Unix(
+                ctx.resolve(Path::new(&u[5..])),
+            )),
+            Some(other) => {
+                return Err(ctx.err(
+                    "audit",
+                    "sink",
+                    format!("{other:?}: use \"stdout\" or \"unix:/path/to.sock\""),
+                ))
+            }
+        };
         let audit = AuditConfig {
+            sink,
+            sink_queue: a.sink_queue.clamp(1, 1_000_000),
             dir: ctx.resolve(&a.dir),
             signing_key_file: ctx.resolve(&a.signing_key_file),
             hmac_key_file: ctx.resolve(&a.hmac_key_file),

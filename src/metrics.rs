@@ -39,6 +39,8 @@ pub struct Metrics {
     pub store_keys: Gauge,
     /// Store size on disk (set at scrape time).
     pub store_bytes: Gauge,
+    /// Audit lines the optional second sink dropped (set at scrape time).
+    pub audit_sink_dropped: Gauge,
     /// Config reloads by outcome.
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
     /// Issuer key fetches by issuer and outcome.
@@ -63,6 +65,7 @@ impl Metrics {
         let store_secrets = Gauge::default();
         let store_keys = Gauge::default();
         let store_bytes = Gauge::default();
+        let audit_sink_dropped = Gauge::default();
         let config_reloads = Family::<Vec<(String, String)>, Counter>::default();
         let jwks_fetches = Family::<Vec<(String, String)>, Counter>::default();
         let exchanges = Family::<Vec<(String, String)>, Counter>::default();
@@ -89,6 +92,11 @@ impl Metrics {
         registry.register("store_secrets", "Secrets stored", store_secrets.clone());
         registry.register("store_keys", "Keys in the store", store_keys.clone());
         registry.register(
+            "audit_sink_dropped",
+            "Audit lines the optional second sink dropped",
+            audit_sink_dropped.clone(),
+        );
+        registry.register(
             "store_disk_bytes",
             "Store size on disk",
             store_bytes.clone(),
@@ -105,6 +113,7 @@ impl Metrics {
             store_secrets,
             store_keys,
             store_bytes,
+            audit_sink_dropped,
             config_reloads,
             jwks_fetches,
             exchanges,

@@ -77,6 +77,51 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         })
         .await
         .unwrap_err();
+    c.put(pb::PutSecretRequest {
+        path: "au/tmp".into(),
+        fields: HashMap::from([("x".to_string(), b"y".to_vec())]),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    c.destroy(pb::VersionsRequest {
+        path: "au/tmp".into(),
+        versions: vec![1],
+    })
+    .await
+    .unwrap();
+    drop(
+        c.watch(pb::WatchRequest {
+            paths: vec!["au/db".into()],
+            prefixes: vec![],
+        })
+        .await
+        .unwrap(),
+    );
+    let mut leases = pb::leases_client::LeasesClient::new(ch.clone());
+    leases
+        .list(pb::ListLeasesRequest {
+            prefix: String::new(),
+        })
+        .await
+        .unwrap();
+    let _ = leases
+        .revoke_prefix(pb::RevokePrefixRequest {
+            prefix: "none/".into(),
+        })
+        .await
+        .unwrap();
+    a.list_roles(pb::ListRolesRequest {}).await.unwrap();
+    let _ = a
+        .get_role(pb::GetRoleRequest {
+            name: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    a.reload_config(pb::ReloadConfigRequest {}).await.unwrap();
+    a.rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .unwrap();
     a.server_info(pb::ServerInfoRequest {}).await.unwrap();
     let head = a
         .audit_head(pb::AuditHeadRequest {})
@@ -143,6 +188,15 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
             ("keygate.v1.Secrets/Delete", "OK"),
             ("keygate.v1.Secrets/Undelete", "OK"),
             ("keygate.v1.Secrets/Get", "NOT_FOUND"),
+            ("keygate.v1.Secrets/Put", "OK"),
+            ("keygate.v1.Secrets/Destroy", "OK"),
+            ("keygate.v1.Secrets/Watch", "OK"),
+            ("keygate.v1.Leases/List", "OK"),
+            ("keygate.v1.Leases/RevokePrefix", "OK"),
+            ("keygate.v1.Admin/ListRoles", "OK"),
+            ("keygate.v1.Admin/GetRole", "NOT_FOUND"),
+            ("keygate.v1.Admin/ReloadConfig", "OK"),
+            ("keygate.v1.Admin/RotateSigningKey", "OK"),
             ("keygate.v1.Admin/ServerInfo", "OK"),
             ("keygate.v1.Admin/AuditHead", "OK"),
             ("keygate.v1.Admin/AuditHash", "OK"),
@@ -158,7 +212,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     assert_eq!(caller.principal.as_deref(), Some("admin"));
     assert_eq!(caller.tls_client.as_deref(), Some("CN=keygate-admin"));
     assert!(caller.peer.as_deref().unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(reqs[9].decision.as_deref(), Some("deny"));
+    assert_eq!(reqs[18].decision.as_deref(), Some("deny"));
     // the bogus bearer and platform token appear only as HMACs, findable with `audit hash`
     let hash = |v: &str| {
         let out = Command::new(BIN)
@@ -169,11 +223,11 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     assert_eq!(
-        reqs[10].caller.as_ref().unwrap().token_hmac.as_deref(),
+        reqs[19].caller.as_ref().unwrap().token_hmac.as_deref(),
         Some(hash(&bogus).as_str())
     );
     assert_eq!(
-        reqs[11].caller.as_ref().unwrap().token_hmac.as_deref(),
+        reqs[20].caller.as_ref().unwrap().token_hmac.as_deref(),
         Some(hash(&platform).as_str())
     );
     assert!(hash(&bogus).starts_with("hmac-sha256:"));
@@ -369,4 +423,75 @@ async fn sigkill_mid_run_every_acknowledged_request_has_its_record() {
     }
     let (code, out) = verify_cli(&env);
     assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sink_gets_the_same_lines_and_a_stalled_one_never_blocks_requests() {
+    let env = TestEnv::new();
+    let sock = env.paths.dir.join("sink.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let cfg = std::fs::read_to_string(&env.paths.config).unwrap();
+    std::fs::write(
+        &env.paths.config,
+        cfg + "\n[audit]\nsink = \"unix:sink.sock\"\nsink_queue = 16\n",
+    )
+    .unwrap();
+    // a reader that takes the first lines, then stalls (never reads again)
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<String>>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let (conn, _) = listener.accept().unwrap();
+        let mut r = std::io::BufReader::new(conn);
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            got.push(l.trim_end().to_string());
+        }
+        tx.send(got).unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(r);
+    });
+    let d = env.start();
+    let mut c = SecretsClient::new(env.admin_channel(&d).await);
+    let started = std::time::Instant::now();
+    for i in 0..1500 {
+        c.put(pb::PutSecretRequest {
+            path: format!("sink/s{}", i % 10),
+            fields: HashMap::from([("v".to_string(), vec![b'x'; 200])]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let elapsed = started.elapsed();
+    let first = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let (_, metrics) = https_get(&env, d.http, "/metrics").await;
+    let dropped: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("keygate_audit_sink_dropped "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        dropped > 0,
+        "the stalled sink dropped lines instead of blocking: {metrics}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(60));
+    assert_eq!(d.stop(), 0);
+    // the sink's lines are the durable log's lines, byte for byte
+    let seg = keygate::audit::writer::segments(&env.paths.dir.join("audit"))
+        .unwrap()
+        .remove(0);
+    let durable: Vec<String> = std::fs::read_to_string(seg)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(first, durable[..5].to_vec());
+    assert!(durable.len() >= 1500);
+    let (code, out) = verify_cli(&env);
+    assert_eq!(code, 0, "{out}");
+    drop(reader);
 }

@@ -27,6 +27,8 @@ pub async fn run(
                 checkpoint_interval: Duration::from_secs(60),
                 write_deadline: Duration::from_secs(10),
                 node: "bench".into(),
+                sink: None,
+                sink_queue: 0,
             },
             key,
         )

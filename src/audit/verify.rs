@@ -205,6 +205,8 @@ mod tests {
             checkpoint_interval: Duration::from_secs(3600),
             write_deadline: Duration::from_secs(5),
             node: "n1".into(),
+            sink: None,
+            sink_queue: 0,
         }
     }
 

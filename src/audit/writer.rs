@@ -30,6 +30,56 @@ pub struct WriterConfig {
     pub write_deadline: Duration,
     /// Node id written in every record.
     pub node: String,
+    /// Optional second, best-effort copy of every line.
+    pub sink: Option<Sink>,
+    /// Lines the second sink may lag behind before lines are dropped (and counted).
+    pub sink_queue: usize,
+}
+
+/// Where the second copy goes. It never blocks the durable log: a slow or absent reader only
+/// makes it drop lines, counted in `keygate_audit_sink_dropped`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sink {
+    /// The daemon's standard output.
+    Stdout,
+    /// A Unix stream socket (reconnected as needed).
+    Unix(PathBuf),
+}
+
+fn sink_thread(sink: Sink, rx: Receiver<Vec<u8>>, dropped: Arc<AtomicU64>) {
+    let mut conn: Option<std::os::unix::net::UnixStream> = None;
+    let mut retry_at = Instant::now();
+    while let Ok(mut line) = rx.recv() {
+        line.push(b'\n');
+        let ok = match &sink {
+            Sink::Stdout => std::io::stdout().lock().write_all(&line).is_ok(),
+            Sink::Unix(path) => {
+                if conn.is_none() && Instant::now() >= retry_at {
+                    conn = std::os::unix::net::UnixStream::connect(path)
+                        .ok()
+                        .inspect(|c| {
+                            let _ = c.set_write_timeout(Some(Duration::from_secs(1)));
+                        });
+                    if conn.is_none() {
+                        retry_at = Instant::now() + Duration::from_secs(1);
+                    }
+                }
+                let sent = conn.as_mut().map(|c| c.write_all(&line).is_ok());
+                match sent {
+                    Some(true) => true,
+                    Some(false) => {
+                        conn = None;
+                        retry_at = Instant::now() + Duration::from_secs(1);
+                        false
+                    }
+                    None => false,
+                }
+            }
+        };
+        if !ok {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Why a record could not be made durable.
@@ -62,6 +112,8 @@ pub struct AuditWriter {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Records written since start.
     pub written: Arc<AtomicU64>,
+    /// Lines the second sink dropped.
+    pub sink_dropped: Arc<AtomicU64>,
     head: Arc<Mutex<(u64, String)>>,
 }
 
@@ -110,6 +162,8 @@ struct State {
     prev: String,
     since_checkpoint: u64,
     last_checkpoint: Instant,
+    sink: Option<SyncSender<Vec<u8>>>,
+    dropped: Arc<AtomicU64>,
 }
 
 fn io(e: std::io::Error) -> AuditError {
@@ -186,6 +240,8 @@ impl State {
                 prev,
                 since_checkpoint: 0,
                 last_checkpoint: Instant::now(),
+                sink: None,
+                dropped: Arc::new(AtomicU64::new(0)),
             },
             truncated,
         ))
@@ -194,6 +250,7 @@ impl State {
     /// Serialises `recs` onto the chain and makes them durable; all or nothing.
     fn write(&mut self, recs: &mut [Record]) -> Result<u64, AuditError> {
         let mut buf = Vec::new();
+        let mut lines = Vec::new();
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         for r in recs.iter_mut() {
             seq += 1;
@@ -208,6 +265,9 @@ impl State {
             prev = line_hash(&line);
             buf.extend_from_slice(&line);
             buf.push(b'\n');
+            if self.sink.is_some() {
+                lines.push(line);
+            }
         }
         // a previous failed attempt may have left bytes behind: cut back to the last good line
         let len = self.file.metadata().map_err(io)?.len();
@@ -220,6 +280,13 @@ impl State {
         self.good_len += buf.len() as u64;
         self.seq = seq;
         self.prev = prev;
+        if let Some(sink) = &self.sink {
+            for l in lines {
+                if sink.try_send(l).is_err() {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         Ok(seq)
     }
 
@@ -350,7 +417,18 @@ impl AuditWriter {
     /// Opens the log (recovering from a crash) and starts the writer thread.
     pub fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<Self, String> {
         let deadline = cfg.write_deadline;
+        let sink_cfg = cfg.sink.clone().map(|s| (s, cfg.sink_queue.max(1)));
         let (mut st, truncated) = State::open(cfg, key)?;
+        let sink_dropped = st.dropped.clone();
+        if let Some((sink, queue)) = sink_cfg {
+            let (stx, srx) = std::sync::mpsc::sync_channel(queue);
+            let d = sink_dropped.clone();
+            std::thread::Builder::new()
+                .name("keygate-audit-sink".into())
+                .spawn(move || sink_thread(sink, srx, d))
+                .map_err(|e| e.to_string())?;
+            st.sink = Some(stx);
+        }
         // every start is recorded; a torn line that was cut is said so
         let mut rec = st.checkpoint_record();
         rec.kind = Kind::Recovery;
@@ -383,6 +461,7 @@ impl AuditWriter {
             deadline,
             thread: Mutex::new(Some(thread)),
             written,
+            sink_dropped,
             head,
         })
     }

@@ -78,6 +78,11 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         s.metrics.store_keys.set(stats.keys as i64);
         s.metrics.store_bytes.set(stats.bytes_on_disk as i64);
     }
+    s.metrics.audit_sink_dropped.set(
+        s.audit
+            .sink_dropped
+            .load(std::sync::atomic::Ordering::Relaxed) as i64,
+    );
     if let Ok(n) = s.store.count().await {
         s.metrics.store_secrets.set(n as i64);
     }

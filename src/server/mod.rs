@@ -268,6 +268,8 @@ impl Daemon {
                         config.audit.write_deadline_ms,
                     ),
                     node: config.server.node_id.clone(),
+                    sink: config.audit.sink.clone(),
+                    sink_queue: config.audit.sink_queue,
                 },
                 audit_signing,
             )
