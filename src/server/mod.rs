@@ -139,6 +139,27 @@ pub struct Daemon {
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
     audit: Arc<crate::audit::writer::AuditWriter>,
+    signals: Signals,
+}
+
+/// SIGTERM, SIGINT, SIGHUP: installed before the daemon says it is serving, so a signal sent
+/// right after never meets the default action.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, StartError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let sig = |k| signal(k).map_err(|e| StartError::Other(format!("signal handler: {e}")));
+        Ok(Self {
+            term: sig(SignalKind::terminate())?,
+            int: sig(SignalKind::interrupt())?,
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
 }
 
 fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
@@ -158,6 +179,7 @@ impl Daemon {
     /// Opens the store and starts both listeners.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
+        let signals = Signals::install()?;
         let storage: Arc<dyn Storage> = match &config.storage {
             StorageConfig::Sled { path } => Arc::new(
                 SledStorage::open(path)
@@ -403,6 +425,7 @@ impl Daemon {
             grace: config.server.shutdown_grace,
             housekeeping,
             audit,
+            signals,
         })
     }
 
@@ -422,17 +445,12 @@ impl Daemon {
     }
 
     /// Serves until SIGTERM/SIGINT (reloading on SIGHUP), then shuts down gracefully.
-    pub async fn run_until_signalled(self) -> Result<(), StartError> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let sig = |k| signal(k).map_err(|e| StartError::Other(format!("signal handler: {e}")));
-        let mut term = sig(SignalKind::terminate())?;
-        let mut int = sig(SignalKind::interrupt())?;
-        let mut hup = sig(SignalKind::hangup())?;
+    pub async fn run_until_signalled(mut self) -> Result<(), StartError> {
         loop {
             tokio::select! {
-                _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-                _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-                _ = hup.recv() => {
+                _ = self.signals.term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+                _ = self.signals.int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+                _ = self.signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
                     let _ = self.reload.reload();
                 }
