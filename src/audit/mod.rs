@@ -17,6 +17,7 @@ use std::path::Path;
 pub struct AuditKeys {
     /// Signs checkpoints.
     pub signing: Ed25519KeyPair,
+    pkcs8: zeroize::Zeroizing<Vec<u8>>,
     /// Keys the HMAC of referenced values.
     pub hmac: aws_lc_rs::hmac::Key,
 }
@@ -87,8 +88,14 @@ impl AuditKeys {
         .map_err(|e| format!("{}: {e}", log_dir.display()))?;
         Ok(Self {
             signing,
+            pkcs8: der,
             hmac: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &hk),
         })
+    }
+
+    /// A second handle on the signing key, for the writer thread.
+    pub fn signer(&self) -> Result<Ed25519KeyPair, String> {
+        Ed25519KeyPair::from_pkcs8(&self.pkcs8).map_err(|_| "audit signing key".to_string())
     }
 
     /// The public key (base64), as published in `audit.pub` and via `Admin`.

@@ -265,18 +265,7 @@ impl Daemon {
                 })
             })?,
         );
-        let audit_signing = {
-            let raw = std::fs::read_to_string(&config.audit.signing_key_file)
-                .map_err(|e| StartError::Other(e.to_string()))?;
-            use base64::Engine;
-            let der = zeroize::Zeroizing::new(
-                base64::engine::general_purpose::STANDARD
-                    .decode(raw.trim())
-                    .map_err(|e| StartError::Other(e.to_string()))?,
-            );
-            aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(&der)
-                .map_err(|_| StartError::Other("audit signing key".into()))?
-        };
+        let audit_signing = audit_keys.signer().map_err(StartError::Other)?;
         let audit = Arc::new(
             crate::audit::writer::AuditWriter::open(
                 crate::audit::writer::WriterConfig {
