@@ -315,6 +315,85 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_writer_fails_requests_closed_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, pk) = key();
+        let mut c = cfg(dir.path(), u64::MAX);
+        c.write_deadline = Duration::from_millis(100);
+        let w = AuditWriter::open(c, k).unwrap();
+        w.append(rec(0)).await.unwrap();
+        assert!(w.healthy());
+        w.stall_for_test(Duration::from_millis(600));
+        assert_eq!(
+            w.append(rec(1)).await,
+            Err(crate::audit::writer::AuditError::Stalled)
+        );
+        assert!(!w.healthy(), "not ready while stalled");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        w.append(rec(2)).await.unwrap();
+        assert!(w.healthy());
+        w.close().await;
+        // the stalled record was written late (its waiter had given up): the chain is whole
+        assert!(verify(dir.path(), &pk).is_ok());
+    }
+
+    fn checkpoints_in(dir: &Path) -> usize {
+        let seg = segments(dir).unwrap().remove(0);
+        std::fs::read_to_string(seg)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"checkpoint\""))
+            .count()
+    }
+
+    async fn wait_for_checkpoints(dir: &Path, n: usize) {
+        // the checkpoint follows the batch that reached N, after its waiters are released
+        for _ in 0..100 {
+            if checkpoints_in(dir) >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(checkpoints_in(dir), n);
+    }
+
+    #[tokio::test]
+    async fn checkpoints_every_n_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, pk) = key();
+        let mut c = cfg(dir.path(), u64::MAX);
+        c.checkpoint_every = 5;
+        let w = AuditWriter::open(c, k).unwrap();
+        for i in 0..9 {
+            w.append(rec(i)).await.unwrap();
+        }
+        // open record + 4 → checkpoint; 5 more → checkpoint
+        wait_for_checkpoints(dir.path(), 2).await;
+        assert!(verify(dir.path(), &pk).is_ok());
+        w.close().await;
+    }
+
+    #[tokio::test]
+    async fn checkpoints_every_interval_while_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, pk) = key();
+        let mut c = cfg(dir.path(), u64::MAX);
+        c.checkpoint_interval = Duration::from_millis(200);
+        let w = AuditWriter::open(c, k).unwrap();
+        w.append(rec(0)).await.unwrap();
+        assert_eq!(checkpoints_in(dir.path()), 0);
+        wait_for_checkpoints(dir.path(), 1).await;
+        assert!(
+            verify(dir.path(), &pk).is_ok(),
+            "no unsigned tail while idle"
+        );
+        // nothing new: no further checkpoints
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(checkpoints_in(dir.path()), 1);
+        w.close().await;
+    }
+
+    #[tokio::test]
     async fn segments_chain_and_a_removed_segment_is_found() {
         let dir = tempfile::tempdir().unwrap();
         let pk = write_log(dir.path(), 60, 2048).await;

@@ -102,6 +102,8 @@ pub enum AuditError {
 enum Msg {
     Append(Box<Record>, oneshot::Sender<Result<u64, AuditError>>),
     Close(oneshot::Sender<()>),
+    /// Holds the writer still (a stalled disk), for tests of the deadline.
+    Stall(Duration),
 }
 
 /// The running audit log.
@@ -375,11 +377,13 @@ fn run(
         match first {
             Msg::Append(r, tx) => batch.push((r, tx)),
             Msg::Close(tx) => close = Some(tx),
+            Msg::Stall(d) => std::thread::sleep(d),
         }
         while close.is_none() && batch.len() < 1024 {
             match rx.try_recv() {
                 Ok(Msg::Append(r, tx)) => batch.push((r, tx)),
                 Ok(Msg::Close(tx)) => close = Some(tx),
+                Ok(Msg::Stall(d)) => std::thread::sleep(d),
                 Err(_) => break,
             }
         }
@@ -485,6 +489,11 @@ impl AuditWriter {
                 Err(AuditError::Stalled)
             }
         }
+    }
+
+    /// Makes the writer thread sleep for `d`, as a hung disk would (tests of the deadline).
+    pub fn stall_for_test(&self, d: Duration) {
+        let _ = self.tx.try_send(Msg::Stall(d));
     }
 
     /// Last sequence number and chain hash the writer has made durable (as of its last wake).

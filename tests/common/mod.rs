@@ -202,8 +202,13 @@ impl TestEnv {
         let patterns: Vec<String> = markers.iter().flat_map(|m| encodings(m)).collect();
         let finder = aho_corasick::AhoCorasick::new(&patterns).unwrap();
         let mut files = 0;
-        for entry in std::fs::read_dir(&self.logs).unwrap() {
-            let p = entry.unwrap().path();
+        // the daemon's and CLI's logs, and the audit log
+        let audit =
+            keygate::audit::writer::segments(&self.paths.dir.join("audit")).unwrap_or_default();
+        let logs = std::fs::read_dir(&self.logs)
+            .unwrap()
+            .map(|e| e.unwrap().path());
+        for p in logs.chain(audit) {
             let text = std::fs::read(&p).unwrap();
             files += 1;
             if let Some(m) = finder.find(&text) {
