@@ -2,6 +2,7 @@
 //! hash-chained, signed, append-only file sequence (docs/audit.md). It is evidence, not a log
 //! level: its own files, fixed schema, no secret values (only `hmac-sha256:` references).
 pub mod bench;
+pub mod bench_reads;
 pub mod cli;
 pub mod record;
 pub mod verify;

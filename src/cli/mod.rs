@@ -180,6 +180,9 @@ enum BenchCommand {
         /// Directory for the temporary log (its file system is what is measured).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Measure audited secret reads end to end (a daemon over TLS) instead of the writer.
+        #[arg(long)]
+        reads: bool,
     },
 }
 
@@ -360,13 +363,18 @@ pub async fn run(cli: Cli) -> i32 {
                     clients,
                     seconds,
                     dir,
+                    reads,
                 },
         } => {
             let mut r = Ok(());
             for n in clients {
-                match crate::audit::bench::run(&dir, n, std::time::Duration::from_secs(seconds))
-                    .await
-                {
+                let d = std::time::Duration::from_secs(seconds);
+                let line = if reads {
+                    crate::audit::bench_reads::run(&dir, n, d).await
+                } else {
+                    crate::audit::bench::run(&dir, n, d).await
+                };
+                match line {
                     Ok(line) => println!("{line}"),
                     Err(e) => {
                         r = Err(e);
