@@ -274,6 +274,24 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
         );
     }
     assert_eq!(n, 12);
+    // ... nor the audit log, which verifies whole and signed after the clean stop
+    let audit = dir.join("audit");
+    let segs = keygate::audit::writer::segments(&audit).unwrap();
+    assert!(!segs.is_empty());
+    for seg in segs {
+        let text = std::fs::read(seg).unwrap();
+        assert!(finder.find(&text).is_none(), "a secret is in the audit log");
+    }
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(&audit)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
