@@ -106,6 +106,9 @@ pub struct Credentials {
     rotation_secs: u64,
     retain_secs: u64,
     keys: RwLock<Arc<KeySet>>,
+    /// Last reload forced by an unknown `kid` (at most one per 5 s, so forged kids cannot
+    /// turn into a store read per request).
+    last_kid_reload: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 fn new_key(now: u64) -> Result<(String, SecretBytes), CredentialError> {
@@ -167,6 +170,7 @@ impl Credentials {
                 keys: Vec::new(),
                 version: 0,
             })),
+            last_kid_reload: std::sync::Mutex::new(None),
         };
         c.reload().await?;
         c.rotate_if_due().await?;
@@ -349,9 +353,18 @@ impl Credentials {
             .ok_or_else(|| CredentialError::Invalid("no kid".into()))?;
         let mut key = self.find(&kid).await;
         if key.is_none() {
-            // another replica may have rotated
-            self.reload().await?;
-            key = self.find(&kid).await;
+            // another replica may have rotated; at most one reload per 5 s
+            let due = self.last_kid_reload.lock().map(|mut last| {
+                let due = last.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(5));
+                if due {
+                    *last = Some(std::time::Instant::now());
+                }
+                due
+            });
+            if due.unwrap_or(false) {
+                self.reload().await?;
+                key = self.find(&kid).await;
+            }
         }
         let key = key.ok_or_else(|| CredentialError::Invalid("unknown signing key".into()))?;
         let mut v = Validation::new(Algorithm::EdDSA);
