@@ -960,3 +960,41 @@ mod tests {
         assert_eq!(normalize_dn("cn = a, O=b c"), "CN=a,O=b c");
     }
 }
+
+#[cfg(test)]
+mod fuzzish {
+    use super::*;
+
+    /// Bad config of any shape is an error that names what it can, never a panic.
+    #[test]
+    fn mutated_configs_never_panic() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/keygate.toml"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let bytes = text.as_bytes();
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"[]=\"'#\n ,{}.0a-";
+        for _ in 0..2000 {
+            let mut m = bytes.to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % m.len() as u64) as usize;
+                match next() % 3 {
+                    0 => {
+                        m.remove(at);
+                    }
+                    1 => m.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]),
+                    _ => m[at] = alphabet[(next() % alphabet.len() as u64) as usize],
+                }
+            }
+            let t = String::from_utf8_lossy(&m);
+            if let Err(e) = Config::parse(path, &t) {
+                assert!(!e.to_string().is_empty());
+            }
+        }
+    }
+}

@@ -337,3 +337,99 @@ impl Verifier {
 pub fn header_alg(token: &str) -> Option<Algorithm> {
     jsonwebtoken::decode_header(token).ok().map(|h| h.alg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::policy::Platform;
+
+    fn verifier() -> (Verifier, tempfile::TempDir) {
+        let jwks = r#"{"keys":[{"kty":"RSA","kid":"k","alg":"RS256","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}]}"#;
+        let cfg = issuer::IssuerConfig {
+            name: "t".into(),
+            platform: Platform::Generic,
+            issuer: "https://t.example".into(),
+            keys: issuer::KeySource::Static(jwks.into()),
+            algorithms: vec![Algorithm::RS256, Algorithm::ES256],
+            audience: "aud".into(),
+            allow_extra_audiences: false,
+            leeway_secs: 30,
+            max_token_age_secs: 600,
+            refuse_jti_replay: false,
+            shared: false,
+            ca_file: None,
+            cache_min_secs: 60,
+            cache_max_secs: 3600,
+            unknown_kid_refetch_secs: 30,
+            fetch_timeout_secs: 5,
+            max_response_bytes: 4096,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let v = Verifier::new(
+            &[cfg],
+            false,
+            Arc::new(Metrics::new()),
+            Arc::new(FixedClock::at(1_800_000_000_000)),
+            storage,
+        )
+        .unwrap();
+        (v, dir)
+    }
+
+    /// Never panic on network input: random and half-valid tokens only ever get an error.
+    #[tokio::test]
+    async fn garbage_tokens_are_errors_not_panics() {
+        let (v, _dir) = verifier();
+        let mut seed = 0x2545f4914f6cdd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let b64 = |s: &str| B64URL.encode(s);
+        let headers = [
+            r#"{"alg":"RS256","kid":"k"}"#,
+            r#"{"alg":"none"}"#,
+            r#"{"alg":"HS256","kid":"k"}"#,
+            r#"{"alg":"ES256"}"#,
+            r#"{"alg":"RS256","kid":"k","jku":"https://evil"}"#,
+            r#"{"alg":7}"#,
+            "[]",
+            "",
+        ];
+        let payloads = [
+            r#"{"iss":"https://t.example","aud":"aud","exp":1800000100,"iat":1800000000}"#,
+            r#"{"iss":"https://t.example","aud":["aud","x"],"exp":"soon","iat":null}"#,
+            r#"{"iss":"https://t.example","exp":1e400}"#,
+            r#"{"iss":"https://t.example","exp":-1,"iat":-5}"#,
+            r#"{"iss":5}"#,
+            r#"{"iss":"https://other"}"#,
+            "null",
+            "{",
+        ];
+        for _ in 0..3000 {
+            let r = next();
+            let h = headers[(r % headers.len() as u64) as usize];
+            let p = payloads[((r >> 8) % payloads.len() as u64) as usize];
+            let sig: String = (0..(r >> 16) % 400)
+                .map(|i| (b'A' + ((r >> (i % 50)) % 26) as u8) as char)
+                .collect();
+            let token = match (r >> 40) % 5 {
+                0 => format!("{}.{}.{}", b64(h), b64(p), sig),
+                1 => format!("{}.{}", b64(h), b64(p)),
+                2 => format!("{}.{}.{}.{}", b64(h), b64(p), sig, sig),
+                3 => {
+                    let bytes: Vec<u8> = (0..(r % 300))
+                        .map(|i| ((r >> (i % 60)) & 0xff) as u8)
+                        .collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+                _ => format!("{}..{}", h, p),
+            };
+            assert!(v.verify(&token).await.is_err());
+        }
+    }
+}
