@@ -75,18 +75,43 @@ pub async fn run(
     let secs = started.elapsed().as_secs_f64();
     w.close().await;
     let _ = std::fs::remove_dir_all(&tmp);
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
+    let l = Latencies::of(all, secs);
     Ok(format!(
         "clients={clients} records={} records_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
-        all.len(),
-        all.len() as f64 / secs,
-        pct(0.50),
-        pct(0.99),
-        all.last().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+        l.count, l.per_s, l.p50_ms, l.p99_ms, l.max_ms
     ))
+}
+
+/// Throughput and latency percentiles of one benchmark run.
+pub struct Latencies {
+    /// Operations completed.
+    pub count: usize,
+    /// Operations per second.
+    pub per_s: f64,
+    /// Median latency.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl Latencies {
+    /// Summarises per-operation latencies measured over `secs` seconds.
+    pub fn of(mut all: Vec<Duration>, secs: f64) -> Self {
+        all.sort();
+        let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+        let pct = |p: f64| {
+            all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+                .map(ms)
+                .unwrap_or(0.0)
+        };
+        Self {
+            count: all.len(),
+            per_s: all.len() as f64 / secs.max(f64::EPSILON),
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            max_ms: all.last().map(ms).unwrap_or(0.0),
+        }
+    }
 }

@@ -83,17 +83,9 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&tmp);
-    all.sort();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1000.0)
-            .unwrap_or(0.0)
-    };
+    let l = super::bench::Latencies::of(all, secs);
     Ok(format!(
         "audited reads: clients={clients} reads={} reads_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
-        all.len(),
-        all.len() as f64 / secs,
-        pct(0.50),
-        pct(0.99)
+        l.count, l.per_s, l.p50_ms, l.p99_ms
     ))
 }
