@@ -24,6 +24,8 @@ pub enum Action {
     Rotate,
     /// Operator actions (KEK rotation, reload, explain, leases of others).
     Admin,
+    /// Generate users of a database role (scope `db:<role>`; the "path" is the role name).
+    Database,
 }
 
 impl Action {
@@ -36,6 +38,7 @@ impl Action {
             Action::Delete => "delete",
             Action::Rotate => "rotate",
             Action::Admin => "admin",
+            Action::Database => "db",
         }
     }
 }

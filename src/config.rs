@@ -61,6 +61,8 @@ struct Raw {
     issuers: Vec<RawIssuer>,
     #[serde(default)]
     roles: Vec<RawRole>,
+    #[serde(default)]
+    databases: Vec<crate::database::config::RawDatabase>,
 }
 
 #[derive(Deserialize)]
@@ -425,6 +427,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// Databases keygate administers.
+    pub databases: Vec<crate::database::config::DatabaseConfig>,
 }
 
 /// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
@@ -441,14 +445,14 @@ pub fn normalize_dn(dn: &str) -> String {
         .join(",")
 }
 
-struct Ctx<'a> {
-    file: &'a Path,
-    text: &'a str,
+pub(crate) struct Ctx<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) text: &'a str,
 }
 
 impl Ctx<'_> {
     /// An error for `table.key`, with the line where the key is set if it can be found.
-    fn err(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn err(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.to_path_buf(),
             line: find_line(self.text, table, key),
@@ -458,7 +462,7 @@ impl Ctx<'_> {
     }
 
     /// An error for `array[index].key` (e.g. `roles[2].scopes`).
-    fn err_at(
+    pub(crate) fn err_at(
         &self,
         array: &str,
         index: usize,
@@ -473,7 +477,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn resolve(&self, p: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             p.to_path_buf()
         } else {
@@ -671,6 +675,7 @@ impl Config {
         }
 
         let identity = parse_identity(&ctx, raw.identity, raw.issuers, raw.roles)?;
+        let databases = crate::database::config::parse(&ctx, raw.databases)?;
         let a = raw.audit;
         if a.segment_bytes < 4096 {
             return Err(ctx.err("audit", "segment_bytes", "must be at least 4096"));
@@ -727,6 +732,7 @@ impl Config {
             log_format: raw.log.format,
             identity,
             audit,
+            databases,
         })
     }
 

@@ -163,6 +163,7 @@ impl ExchangeApi {
             expires_at: now + ttl,
             max_expires_at: max_expires,
             revoked_at: None,
+            db: None,
         };
         self.state.credentials.leases.create(&lease).await?;
         let token = self

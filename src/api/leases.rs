@@ -46,6 +46,81 @@ fn target(who: &Principal, asked: &str) -> Result<String, ApiError> {
     }
 }
 
+/// A database-user lease the principal may act on: one it generated, or any for an admin.
+/// `None` when `asked` is not a database lease id.
+async fn db_target(
+    state: &AppState,
+    who: &Principal,
+    asked: &str,
+) -> Result<Option<Lease>, ApiError> {
+    if !asked.starts_with(crate::database::LEASE_PREFIX) {
+        return Ok(None);
+    }
+    let lease = state.credentials.leases.get(asked).await?;
+    let owned = |l: &Lease| {
+        who.allows(Action::Admin, "leases")
+            || l.db
+                .as_ref()
+                .is_some_and(|d| who.lease_id() == Some(d.owner.as_str()))
+    };
+    match lease {
+        Some(l) if l.db.is_some() && owned(&l) => Ok(Some(l)),
+        Some(_) if who.allows(Action::Admin, "leases") => Ok(None),
+        // the same answer whether or not it exists: ids are not to be probed
+        _ => Err(crate::authz::AuthzError::PermissionDenied.into()),
+    }
+}
+
+/// Drops the database users of revoked leases now (the sweeper retries any failure), including
+/// the users that revoked credentials generated.
+async fn drop_users(state: &AppState, ids: &[String]) {
+    let mut ids = ids.to_vec();
+    let owners: Vec<&String> = ids
+        .iter()
+        .filter(|i| !i.starts_with(crate::database::LEASE_PREFIX))
+        .collect();
+    if !owners.is_empty() {
+        let children: Vec<String> = match state
+            .credentials
+            .leases
+            .list(crate::database::LEASE_PREFIX)
+            .await
+        {
+            Ok(all) => all
+                .into_iter()
+                .filter(|l| {
+                    l.revoked_at.is_none()
+                        && l.db.as_ref().is_some_and(|d| owners.contains(&&d.owner))
+                })
+                .map(|l| l.lease_id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "lease list failed; the sweeper drops expired users");
+                Vec::new()
+            }
+        };
+        for c in children {
+            if let Ok(done) = state.credentials.leases.revoke_prefix(&c, true).await {
+                ids.extend(done);
+            }
+        }
+    }
+    for id in ids
+        .iter()
+        .filter(|i| i.starts_with(crate::database::LEASE_PREFIX))
+    {
+        match state.credentials.leases.get(id).await {
+            Ok(Some(l)) => {
+                if let Err(e) = state.databases.drop_user(&l).await {
+                    tracing::warn!(lease_id = %id, error = %e, "database user not dropped yet; the sweeper retries");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(lease_id = %id, error = %e, "lease read failed"),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl pb::leases_server::Leases for LeasesApi {
     async fn renew(
@@ -59,6 +134,18 @@ impl pb::leases_server::Leases for LeasesApi {
         audit.resource(format!("lease:{}", req.lease_id));
         let result = async {
             let who = self.state.who(&caller, &mut audit).await?;
+            if let Some(l) = db_target(&self.state, &who, &req.lease_id).await? {
+                let lease = self
+                    .state
+                    .databases
+                    .renew(&l.lease_id, req.increment_seconds)
+                    .await?;
+                return Ok(pb::RenewLeaseResponse {
+                    expires_in: lease.expires_at.saturating_sub(self.state.now()),
+                    lease: Some(to_pb(&lease)),
+                    access_token: String::new(),
+                });
+            }
             let id = target(&who, &req.lease_id)?;
             let lease = self
                 .state
@@ -112,13 +199,17 @@ impl pb::leases_server::Leases for LeasesApi {
         audit.resource(format!("lease:{}", req.lease_id));
         let result = async {
             let who = self.state.who(&caller, &mut audit).await?;
-            let id = target(&who, &req.lease_id)?;
+            let id = match db_target(&self.state, &who, &req.lease_id).await? {
+                Some(l) => l.lease_id,
+                None => target(&who, &req.lease_id)?,
+            };
             let done = self
                 .state
                 .credentials
                 .leases
                 .revoke_prefix(&id, true)
                 .await?;
+            drop_users(&self.state, &done).await;
             tracing::info!(lease_id = %id, revoked = done.len(), "lease revoked");
             Ok(pb::RevokeLeaseResponse {
                 revoked: done.len() as u64,
@@ -153,6 +244,7 @@ impl pb::leases_server::Leases for LeasesApi {
                 .leases
                 .revoke_prefix(&req.prefix, false)
                 .await?;
+            drop_users(&self.state, &done).await;
             tracing::warn!(prefix = %req.prefix, revoked = done.len(), "leases revoked by prefix");
             Ok(pb::RevokeLeaseResponse {
                 revoked: done.len() as u64,
@@ -185,13 +277,25 @@ impl pb::leases_server::Leases for LeasesApi {
                 self.state.credentials.leases.list(&req.prefix).await?
             } else {
                 let own = who.lease_id().unwrap_or("").to_string();
-                self.state
+                let mut v: Vec<Lease> = self
+                    .state
                     .credentials
                     .leases
                     .get(&own)
                     .await?
                     .into_iter()
-                    .collect()
+                    .collect();
+                // and the database users it generated
+                v.extend(
+                    self.state
+                        .credentials
+                        .leases
+                        .list(crate::database::LEASE_PREFIX)
+                        .await?
+                        .into_iter()
+                        .filter(|l| l.db.as_ref().is_some_and(|d| d.owner == own)),
+                );
+                v
             };
             Ok(pb::ListLeasesResponse {
                 leases: leases.iter().map(to_pb).collect(),

@@ -1,6 +1,7 @@
 //! gRPC handlers. They translate between protobuf and the domain modules and hold no policy.
 //! [`ApiError::to_status`] is the one place that decides what a caller may learn from an error.
 pub mod admin;
+pub mod database;
 pub mod exchange;
 pub mod leases;
 pub mod secrets;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub audit: Arc<crate::audit::writer::AuditWriter>,
     /// Key of the `hmac-sha256:` references in audit records.
     pub audit_keys: Arc<crate::audit::AuditKeys>,
+    /// Databases (generated users, static roles).
+    pub databases: Arc<crate::database::Databases>,
 }
 
 /// What a handler learned for its audit record.
@@ -107,6 +110,9 @@ pub enum ApiError {
     /// The storage backend failed.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
+    /// A database keygate administers.
+    #[error(transparent)]
+    Database(#[from] crate::database::DbError),
 }
 
 impl ApiError {
@@ -133,6 +139,26 @@ impl ApiError {
                 Status::new(c, *code)
             }
             ApiError::NotFound(m) => Status::not_found(m.clone()),
+            ApiError::Database(e) => {
+                use crate::database::DbError as D;
+                match e {
+                    D::UnknownRole(_) => Status::not_found(e.to_string()),
+                    D::Lease(m) => Status::failed_precondition(m.clone()),
+                    D::Invalid(_) => Status::internal("database statement template error"),
+                    D::Storage(StorageError::Conflict) => {
+                        Status::aborted("concurrent change; retry")
+                    }
+                    // server-side details (host names, SQL errors) stay in the operator's log
+                    D::UnknownDatabase(_) | D::Secret { .. } | D::Statement { .. } => {
+                        Status::failed_precondition(
+                            "the database refused the operation (see the keygate log)",
+                        )
+                    }
+                    D::Unavailable { .. } | D::Storage(_) => {
+                        Status::unavailable("the database is unavailable")
+                    }
+                }
+            }
             ApiError::Storage(StorageError::Conflict) => {
                 Status::aborted("concurrent change; retry")
             }
@@ -291,6 +317,7 @@ impl AppState {
                     ApiError::Storage(StorageError::Backend(_)) => {
                         tracing::error!(rpc, error = %e, "request failed")
                     }
+                    ApiError::Database(_) => tracing::error!(rpc, error = %e, "request failed"),
                     _ => tracing::info!(rpc, code = ?status.code(), error = %e, "request refused"),
                 }
                 Err(status)

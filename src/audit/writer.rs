@@ -119,7 +119,8 @@ pub struct AuditWriter {
     head: Arc<Mutex<(u64, String)>>,
 }
 
-fn rfc3339(millis: u64) -> String {
+/// Milliseconds since the epoch as RFC 3339.
+pub fn rfc3339(millis: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(millis as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339)

@@ -1,6 +1,8 @@
-//! The command line: `keygate serve | dev | put | get | list | delete | undelete | destroy | admin`.
+//! The command line: `keygate serve | dev | put | get | list | delete | undelete | destroy |
+//! exchange | db-creds | admin | audit | bench`.
 mod client;
 mod commands;
+mod db;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -145,6 +147,22 @@ enum Command {
         /// Print the whole answer as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// A short-lived database user of a `[[databases.roles]]` role (needs scope `db:ROLE`).
+    DbCreds {
+        /// Database role.
+        role: String,
+        /// Lifetime in seconds (default: the role's default TTL; capped by its max TTL).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Print one JSON object.
+        #[arg(long, conflicts_with = "env")]
+        json: bool,
+        /// Print PGUSER=/PGPASSWORD= lines.
+        #[arg(long)]
+        env: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -356,6 +374,22 @@ pub async fn run(cli: Cli) -> i32 {
                 TokenSource::Detect { audience }
             };
             exchange(&conn, &role, &scopes, ttl, source, out.as_deref(), json).await
+        }
+        Command::DbCreds {
+            role,
+            ttl,
+            json,
+            env,
+            conn,
+        } => {
+            let out = if json {
+                db::DbOutput::Json
+            } else if env {
+                db::DbOutput::Env
+            } else {
+                db::DbOutput::Text
+            };
+            db::db_creds(&conn, &role, ttl, out).await
         }
         Command::Bench {
             command:

@@ -29,6 +29,23 @@ pub struct Lease {
     /// Revocation time.
     #[serde(default)]
     pub revoked_at: Option<u64>,
+    /// Set on the lease of a generated database user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<DbLease>,
+}
+
+/// What a database-user lease remembers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DbLease {
+    /// `[[databases]]` name.
+    pub database: String,
+    /// The generated user.
+    pub username: String,
+    /// Lease id of the credential that asked for it (it may renew and revoke it).
+    pub owner: String,
+    /// The user is gone from the database (revocation statements ran).
+    #[serde(default)]
+    pub dropped: bool,
 }
 
 /// Lease persistence.
@@ -83,6 +100,33 @@ impl LeaseStore {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw).map_err(backend)?)),
             None => Ok(None),
         }
+    }
+
+    /// Applies `change` to a lease with check-and-set; `None` if the lease is missing or
+    /// `change` returns false (nothing to do).
+    pub async fn update(
+        &self,
+        id: &str,
+        change: impl Fn(&mut Lease) -> bool,
+    ) -> Result<Option<Lease>, StorageError> {
+        for _ in 0..16 {
+            let Some(raw) = self.storage.get(&key(id)).await? else {
+                return Ok(None);
+            };
+            let mut l: Lease = serde_json::from_slice(&raw).map_err(backend)?;
+            if !change(&mut l) {
+                return Ok(None);
+            }
+            let txn = Txn::default()
+                .expect(key(id), Some(raw))
+                .put(key(id), serde_json::to_vec(&l).map_err(backend)?);
+            match self.storage.commit(txn).await {
+                Ok(()) => return Ok(Some(l)),
+                Err(StorageError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StorageError::Conflict)
     }
 
     /// Leases whose id starts with `prefix`.
@@ -167,7 +211,9 @@ impl LeaseStore {
             let Ok(l) = serde_json::from_slice::<Lease>(&raw) else {
                 continue;
             };
-            if l.max_expires_at + grace < now {
+            // a database user's lease stays until the user is dropped
+            let pending_drop = l.db.as_ref().is_some_and(|d| !d.dropped);
+            if l.max_expires_at + grace < now && !pending_drop {
                 let _ = self
                     .storage
                     .commit(Txn::default().expect(k.clone(), Some(raw)).delete(k))

@@ -455,6 +455,7 @@ mod tests {
             expires_at: now + 100_000,
             max_expires_at: now + 100_000,
             revoked_at: None,
+            db: None,
         };
         c.leases.create(&lease).await.unwrap();
         let first = c.mint(&lease, now + 100_000).await.unwrap();

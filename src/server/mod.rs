@@ -3,13 +3,14 @@
 pub mod http;
 
 use crate::api::{
-    admin::AdminApi, exchange::ExchangeApi, leases::LeasesApi, secrets::SecretsApi, AppState,
-    ConfigReload,
+    admin::AdminApi, database::DatabaseApi, exchange::ExchangeApi, leases::LeasesApi,
+    secrets::SecretsApi, AppState, ConfigReload,
 };
 use crate::authz::Gate;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, KekSource, StorageConfig};
 use crate::credential::Credentials;
+use crate::database::Databases;
 use crate::identity::trust::Trust;
 use crate::identity::Verifier;
 use crate::metrics::Metrics;
@@ -44,6 +45,7 @@ struct Reloader {
     trust: Arc<RwLock<Arc<Trust>>>,
     clock: Arc<dyn Clock>,
     storage: Arc<dyn Storage>,
+    databases: Arc<Databases>,
 }
 
 /// Builds the verifier and roles of a config.
@@ -88,6 +90,7 @@ impl ConfigReload for Reloader {
                     .map_err(|_| "config lock poisoned".to_string())?;
                 let restart = new.restart_needed(&cur);
                 self.authz.set_subjects(new.admin_subjects.clone());
+                self.databases.set_configs(new.databases.clone());
                 if let Ok(mut t) = self.trust.write() {
                     *t = Arc::new(trust);
                 }
@@ -126,6 +129,24 @@ async fn housekeeping(state: Arc<AppState>) {
     }
 }
 
+/// Drops database users whose leases are revoked or expired: at start (leases that expired
+/// while the daemon was down) and then every second.
+async fn database_sweeper(databases: Arc<Databases>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !databases.any() {
+            continue;
+        }
+        match databases.sweep().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(dropped = n, "expired or revoked database users dropped"),
+            Err(e) => tracing::warn!(error = %e, "database lease sweep failed"),
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     store: Arc<SecretStore>,
@@ -138,6 +159,7 @@ pub struct Daemon {
     reload: Arc<Reloader>,
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
     audit: Arc<crate::audit::writer::AuditWriter>,
     signals: Signals,
 }
@@ -241,6 +263,11 @@ impl Daemon {
             config.admin_subjects.clone(),
             Some(credentials.clone()),
         ));
+        let databases = Arc::new(Databases::new(
+            config.databases.clone(),
+            store.clone(),
+            clock.clone(),
+        ));
         let reload = Arc::new(Reloader {
             path: config.path.clone(),
             current: RwLock::new(config.clone()),
@@ -249,6 +276,7 @@ impl Daemon {
             trust: trust.clone(),
             clock: clock.clone(),
             storage: store.storage().clone(),
+            databases: databases.clone(),
         });
         let audit_keys = Arc::new(
             crate::audit::AuditKeys::load_or_create(
@@ -299,8 +327,10 @@ impl Daemon {
             clock: clock.clone(),
             audit: audit.clone(),
             audit_keys,
+            databases: databases.clone(),
         });
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        let sweeper = tokio::spawn(database_sweeper(databases));
 
         let accepting = Arc::new(AtomicBool::new(true));
 
@@ -329,6 +359,10 @@ impl Daemon {
             .await;
         health_reporter
             .set_serving::<pb::leases_server::LeasesServer<LeasesApi>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::database_credentials_server::DatabaseCredentialsServer<DatabaseApi>>(
+            )
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -361,6 +395,13 @@ impl Daemon {
                 pb::leases_server::LeasesServer::new(LeasesApi::new(state.clone()))
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
+            )
+            .add_service(
+                pb::database_credentials_server::DatabaseCredentialsServer::new(DatabaseApi::new(
+                    state.clone(),
+                ))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
             );
         let incoming =
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -413,6 +454,7 @@ impl Daemon {
             reload,
             grace: config.server.shutdown_grace,
             housekeeping,
+            sweeper,
             audit,
             signals,
         })
@@ -466,6 +508,7 @@ impl Daemon {
             t.abort();
         }
         self.housekeeping.abort();
+        self.sweeper.abort();
         // the final signed checkpoint
         self.audit.close().await;
         self.store

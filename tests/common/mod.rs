@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod issuer;
+pub mod pg;
 
 use keygate::devenv::{DevOptions, DevPaths};
 use std::io::{BufRead, BufReader, Write};
