@@ -63,6 +63,8 @@ struct Raw {
     roles: Vec<RawRole>,
     #[serde(default)]
     databases: Vec<crate::database::config::RawDatabase>,
+    #[serde(default)]
+    rotations: Vec<crate::rotation::config::RawRotation>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +431,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// Databases keygate administers.
     pub databases: Vec<crate::database::config::DatabaseConfig>,
+    /// Rotation policies.
+    pub rotations: Vec<crate::rotation::config::Policy>,
 }
 
 /// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
@@ -676,6 +680,7 @@ impl Config {
 
         let identity = parse_identity(&ctx, raw.identity, raw.issuers, raw.roles)?;
         let databases = crate::database::config::parse(&ctx, raw.databases)?;
+        let rotations = crate::rotation::config::parse(&ctx, raw.rotations, &databases)?;
         let a = raw.audit;
         if a.segment_bytes < 4096 {
             return Err(ctx.err("audit", "segment_bytes", "must be at least 4096"));
@@ -733,6 +738,7 @@ impl Config {
             identity,
             audit,
             databases,
+            rotations,
         })
     }
 

@@ -223,6 +223,17 @@ bound_subject = {{ glob = "repo:acme/app:**" }}
 claims = {{ repository = "acme/app", ref = "refs/heads/main", event_name = "push" }}
 scopes = ["read:demo/*", "list:demo/**"]
 ttl_secs = 900
+
+# `keygate admin rotate demo/rotating`, `keygate admin rotation status`
+[[rotations]]
+path = "demo/rotating"
+every = "1h"
+overlap = "10m"
+
+[rotations.fields.password]
+generator = "password"
+length = 32
+require = ["lower", "upper", "digit"]
 "#,
             grpc = opts.grpc_listen,
             http = opts.http_listen,

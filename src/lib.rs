@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pb;
 pub mod policy;
+pub mod rotation;
 pub mod secrets;
 pub mod sensitive;
 pub mod server;

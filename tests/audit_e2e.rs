@@ -50,6 +50,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     c.get(pb::GetSecretRequest {
         path: "au/db".into(),
         version: 0,
+        previous: false,
     })
     .await
     .unwrap();
@@ -74,6 +75,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         .get(pb::GetSecretRequest {
             path: "au/missing".into(),
             version: 0,
+            previous: false,
         })
         .await
         .unwrap_err();
@@ -149,6 +151,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         .get(pb::GetSecretRequest {
             path: "au/db".into(),
             version: 0,
+            previous: false,
         })
         .await
         .unwrap_err();
@@ -156,6 +159,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     let mut r = tonic::Request::new(pb::GetSecretRequest {
         path: "au/db".into(),
         version: 0,
+        previous: false,
     });
     r.metadata_mut()
         .insert("authorization", format!("Bearer {bogus}").parse().unwrap());
@@ -311,6 +315,7 @@ async fn fail_closed_on_a_full_disk_then_recover_without_restart() {
             .get(pb::GetSecretRequest {
                 path: "full/a".into(),
                 version: 0,
+                previous: false,
             })
             .await
         {
@@ -330,6 +335,7 @@ async fn fail_closed_on_a_full_disk_then_recover_without_restart() {
             .get(pb::GetSecretRequest {
                 path: "full/a".into(),
                 version: 0,
+                previous: false,
             })
             .await
             .unwrap_err();
@@ -345,6 +351,7 @@ async fn fail_closed_on_a_full_disk_then_recover_without_restart() {
         .get(pb::GetSecretRequest {
             path: "full/a".into(),
             version: 0,
+            previous: false,
         })
         .await
         .unwrap()

@@ -7,19 +7,10 @@ use common::issuer::{now, TestIssuer, TestKey};
 use common::{pg, TestEnv};
 use keygate::pb;
 use serde_json::{json, Value};
-use std::io::Write;
 use tonic::transport::Channel;
 
 const AUD: &str = "https://keygate.test";
 const ISS: &str = "https://ci.example";
-
-fn append(env: &TestEnv, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&env.paths.config)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 fn databases(schema: &str) -> String {
     format!(
@@ -82,10 +73,8 @@ async fn generated_users_have_exactly_their_grants_renew_revoke_and_expire() {
     let key = TestKey::rsa("k1");
     issuer.publish(&key);
     let disc = issuer.tenant("ci", ISS);
-    append(
-        &env,
-        &format!(
-            r#"
+    env.append_config(&format!(
+        r#"
 [[issuers]]
 name = "ci"
 issuer = "{ISS}"
@@ -105,9 +94,8 @@ issuer = "ci"
 bound_subject = "other"
 scopes = ["read:x/*"]
 {}"#,
-            databases(&schema)
-        ),
-    );
+        databases(&schema)
+    ));
     let d = env.start();
     let ch = env.admin_channel(&d).await;
 
@@ -375,7 +363,7 @@ async fn users_whose_leases_expire_while_the_daemon_is_down_are_dropped_at_start
     let env = TestEnv::new();
     let admin = pg::admin().await;
     let schema = pg::fresh_schema(&admin).await;
-    append(&env, &databases(&schema));
+    env.append_config(&databases(&schema));
     let d = env.start();
     let ch = env.admin_channel(&d).await;
     let a = generate(&ch, "short", 2).await.unwrap();

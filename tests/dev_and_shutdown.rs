@@ -128,6 +128,22 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
     assert_eq!(v["fields"]["username"], "demo");
     let password = v["fields"]["password"].as_str().unwrap().to_string();
     assert!(password.len() >= 20);
+    // the seeded rotating secret rotates on demand
+    assert!(printed.contains("admin rotate demo/rotating"), "{printed}");
+    let out = cli_from_env_sh(
+        &dir,
+        &["admin", "rotate", "demo/rotating", "--json"],
+        logs.join("cli-rotate.log"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["current_version"], 2, "{st}");
+    assert_eq!(st["previous_version"], 1, "{st}");
+    assert_eq!(st["schedule"], "every 1h, overlap 600s", "{st}");
 
     // The CI flow out of the box: a dev-issuer token, exchanged for a credential scoped to demo/*
     let tok = cli_from_env_sh(
@@ -251,7 +267,7 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
     let out = cli_from_env_sh(&dir, &["list", "demo/"], logs.join("cli3.log"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "demo/app\tversion 1\n"
+        "demo/app\tversion 1\ndemo/rotating\tversion 2\n"
     );
     Command::new("kill")
         .args(["-TERM", &run.child.id().to_string()])
@@ -273,7 +289,7 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
             "the demo password is in a log"
         );
     }
-    assert_eq!(n, 12);
+    assert_eq!(n, 13, "every run and CLI call left its log");
     // ... nor the audit log, which verifies whole and signed after the clean stop
     let audit = dir.join("audit");
     let segs = keygate::audit::writer::segments(&audit).unwrap();
@@ -336,6 +352,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_acknowledged_write(
             .get(pb::GetSecretRequest {
                 path: path.clone(),
                 version: 0,
+                previous: false,
             })
             .await
             .unwrap_or_else(|e| panic!("{path} acknowledged but lost: {e}"))

@@ -288,6 +288,7 @@ async fn get_as(
             pb::GetSecretRequest {
                 path: path.into(),
                 version: 0,
+                previous: false,
             },
             token,
         ))

@@ -18,6 +18,7 @@ async fn grpc_get(
     c.get(pb::GetSecretRequest {
         path: path.into(),
         version: 0,
+        previous: false,
     })
     .await
     .map(|r| r.into_inner())

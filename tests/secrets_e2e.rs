@@ -197,6 +197,7 @@ async fn grpc_round_trip_and_watch() {
         .get(pb::GetSecretRequest {
             path: "app/db".into(),
             version: 0,
+            previous: false,
         })
         .await
         .unwrap()
@@ -233,6 +234,7 @@ async fn grpc_round_trip_and_watch() {
         .get(pb::GetSecretRequest {
             path: "../etc/passwd".into(),
             version: 0,
+            previous: false,
         })
         .await
         .unwrap_err();
@@ -250,7 +252,8 @@ async fn grpc_round_trip_and_watch() {
     assert!(c
         .get(pb::GetSecretRequest {
             path: "app/db".into(),
-            version: 3
+            version: 3,
+            previous: false,
         })
         .await
         .is_ok());

@@ -21,6 +21,34 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for AdminApi {
+    async fn rotate_secret(
+        &self,
+        request: Request<pb::RotateSecretRequest>,
+    ) -> Result<Response<pb::RotationStatus>, Status> {
+        super::rotation::rotate(&self.state, request).await
+    }
+
+    async fn get_rotation_status(
+        &self,
+        request: Request<pb::RotationStatusRequest>,
+    ) -> Result<Response<pb::RotationStatusResponse>, Status> {
+        super::rotation::status(&self.state, request).await
+    }
+
+    async fn set_rotation_policy(
+        &self,
+        request: Request<pb::RotationPolicy>,
+    ) -> Result<Response<pb::RotationStatus>, Status> {
+        super::rotation::set(&self.state, request).await
+    }
+
+    async fn delete_rotation_policy(
+        &self,
+        request: Request<pb::DeleteRotationPolicyRequest>,
+    ) -> Result<Response<pb::DeleteRotationPolicyResponse>, Status> {
+        super::rotation::delete(&self.state, request).await
+    }
+
     async fn rotate_kek(
         &self,
         request: Request<pb::RotateKekRequest>,

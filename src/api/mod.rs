@@ -4,6 +4,7 @@ pub mod admin;
 pub mod database;
 pub mod exchange;
 pub mod leases;
+pub mod rotation;
 pub mod secrets;
 
 use crate::authz::{Authorizer, AuthzError, Caller};
@@ -48,6 +49,8 @@ pub struct AppState {
     pub audit_keys: Arc<crate::audit::AuditKeys>,
     /// Databases (generated users, static roles).
     pub databases: Arc<crate::database::Databases>,
+    /// Scheduled rotation.
+    pub rotator: Arc<crate::rotation::Rotator>,
 }
 
 /// What a handler learned for its audit record.
@@ -113,6 +116,9 @@ pub enum ApiError {
     /// A database keygate administers.
     #[error(transparent)]
     Database(#[from] crate::database::DbError),
+    /// Rotation.
+    #[error(transparent)]
+    Rotation(#[from] crate::rotation::RotationError),
 }
 
 impl ApiError {
@@ -139,6 +145,23 @@ impl ApiError {
                 Status::new(c, *code)
             }
             ApiError::NotFound(m) => Status::not_found(m.clone()),
+            ApiError::Rotation(e) => {
+                use crate::rotation::RotationError as R;
+                match e {
+                    R::NoPolicy(_) => Status::not_found(e.to_string()),
+                    R::InProgress(_) => Status::aborted(e.to_string()),
+                    R::Invalid(_) => Status::invalid_argument(e.to_string()),
+                    R::Step { .. } => Status::failed_precondition(e.to_string()),
+                    R::Audit => Status::unavailable(e.to_string()),
+                    R::Secrets(s) => secrets_status(s),
+                    R::Storage(StorageError::Conflict) => {
+                        Status::aborted("concurrent change; retry")
+                    }
+                    R::Storage(StorageError::Backend(_)) => {
+                        Status::unavailable("storage is unavailable")
+                    }
+                }
+            }
             ApiError::Database(e) => {
                 use crate::database::DbError as D;
                 match e {
@@ -167,29 +190,34 @@ impl ApiError {
             }
             ApiError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
-            ApiError::Secrets(e) => {
-                let code = match e {
-                    SecretsError::InvalidArgument(_) => Code::InvalidArgument,
-                    SecretsError::NotFound(_)
-                    | SecretsError::VersionNotFound { .. }
-                    | SecretsError::VersionDeleted { .. }
-                    | SecretsError::VersionDestroyed { .. } => Code::NotFound,
-                    SecretsError::CasMismatch { .. } => Code::FailedPrecondition,
-                    SecretsError::Integrity { .. } | SecretsError::Corrupt(_) => Code::DataLoss,
-                    SecretsError::Kek(_) => Code::FailedPrecondition,
-                    SecretsError::Contention(_) => Code::Aborted,
-                    SecretsError::Storage(StorageError::Conflict) => Code::Aborted,
-                    SecretsError::Storage(StorageError::Backend(_)) => Code::Unavailable,
-                };
-                match e {
-                    // Backend details (file names, OS errors) stay in the operator's log.
-                    SecretsError::Storage(StorageError::Backend(_)) => {
-                        Status::new(code, "storage is unavailable")
-                    }
-                    _ => Status::new(code, e.to_string()),
-                }
-            }
+            ApiError::Secrets(e) => secrets_status(e),
         }
+    }
+}
+
+/// What a caller sees of a secret-store error.
+fn secrets_status(e: &SecretsError) -> Status {
+    let code = match e {
+        SecretsError::InvalidArgument(_) => Code::InvalidArgument,
+        SecretsError::NotFound(_)
+        | SecretsError::VersionNotFound { .. }
+        | SecretsError::VersionDeleted { .. }
+        | SecretsError::VersionDestroyed { .. } => Code::NotFound,
+        SecretsError::CasMismatch { .. }
+        | SecretsError::RotationInProgress(_)
+        | SecretsError::VersionPending { .. } => Code::FailedPrecondition,
+        SecretsError::Integrity { .. } | SecretsError::Corrupt(_) => Code::DataLoss,
+        SecretsError::Kek(_) => Code::FailedPrecondition,
+        SecretsError::Contention(_) => Code::Aborted,
+        SecretsError::Storage(StorageError::Conflict) => Code::Aborted,
+        SecretsError::Storage(StorageError::Backend(_)) => Code::Unavailable,
+    };
+    match e {
+        // Backend details (file names, OS errors) stay in the operator's log.
+        SecretsError::Storage(StorageError::Backend(_)) => {
+            Status::new(code, "storage is unavailable")
+        }
+        _ => Status::new(code, e.to_string()),
     }
 }
 

@@ -45,6 +45,9 @@ pub fn meta_to_pb(path: &str, m: &SecretMeta) -> pb::SecretMetadata {
                 destroyed: vm.destroyed,
             })
             .collect(),
+        pending_version: m.pending_version.unwrap_or(0),
+        previous_version: m.previous_version.unwrap_or(0),
+        previous_until: m.previous_until.map(to_timestamp),
     }
 }
 
@@ -71,13 +74,25 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let caller = caller_of(&request);
         let mut audit = super::Audit::default();
         let req = request.into_inner();
-        audit.resource(format!("secret:{}@{}", req.path, req.version));
+        audit.resource(if req.previous {
+            format!("secret:{}@previous", req.path)
+        } else {
+            format!("secret:{}@{}", req.path, req.version)
+        });
         let result = async {
             self.state
                 .who(&caller, &mut audit)
                 .await?
                 .require(Action::Read, &req.path)?;
-            let v = self.state.store.get(&req.path, req.version).await?;
+            let v = match (req.previous, req.version) {
+                (false, version) => self.state.store.get(&req.path, version).await?,
+                (true, 0) => self.state.store.get_previous(&req.path).await?,
+                (true, _) => {
+                    return Err(ApiError::InvalidArgument(
+                        "ask for a version or for previous, not both".into(),
+                    ))
+                }
+            };
             let version_metadata = v
                 .meta
                 .versions

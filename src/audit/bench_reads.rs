@@ -63,6 +63,7 @@ pub async fn run(
                     .get(pb::GetSecretRequest {
                         path: "bench/db".into(),
                         version: 0,
+                        previous: false,
                     })
                     .await;
                 if r.is_err() {

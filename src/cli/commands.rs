@@ -51,6 +51,10 @@ async fn run_daemon(cfg: crate::config::Config, dev: Option<crate::devenv::DevPa
              cargo run --release -- get demo/app\n  \
              cargo run --release -- put demo/app username=demo password=-   # value from stdin\n  \
              cargo run --release -- list demo/\n\n\
+             Rotation (demo/rotating: a new password every hour, the old one readable for 10 minutes):\n\n  \
+             cargo run --release -- admin rotate demo/rotating\n  \
+             cargo run --release -- get demo/rotating --previous\n  \
+             cargo run --release -- admin rotation status\n\n\
              As a CI job would (a token from the local dev issuer, exchanged for a credential):\n\n  \
              export KEYGATE_TOKEN=$(cargo run --release -- exchange --role demo --token-file <(cargo run --release -- dev token --dir {dir}))\n  \
              cargo run --release -- get demo/app      # as the job: a credential scoped to demo/*\n\n\
@@ -226,6 +230,7 @@ pub async fn get(
     conn: &Conn,
     path: &str,
     version: Option<u64>,
+    previous: bool,
     field: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -234,6 +239,7 @@ pub async fn get(
         .get(pb::GetSecretRequest {
             path: path.to_string(),
             version: version.unwrap_or(0),
+            previous,
         })
         .await
         .map_err(status_error)?

@@ -3,6 +3,7 @@
 mod client;
 mod commands;
 mod db;
+mod rotation;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -87,8 +88,11 @@ enum Command {
         /// Secret path.
         path: String,
         /// Version (default: current).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "previous")]
         version: Option<u64>,
+        /// The version a rotation replaced, while its overlap lasts.
+        #[arg(long)]
+        previous: bool,
         /// Print only this field's value.
         #[arg(long)]
         field: Option<String>,
@@ -302,6 +306,43 @@ enum AdminCommand {
     },
     /// Create a new credential signing key now.
     RotateSigningKey,
+    /// Rotate a secret now (or finish its interrupted rotation) per its rotation policy.
+    Rotate {
+        /// Secret path.
+        path: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotation policies: status, set, delete.
+    Rotation {
+        #[command(subcommand)]
+        command: RotationCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RotationCommand {
+    /// Policies and their state (step, versions, next run, last error).
+    Status {
+        /// Only paths starting with this.
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or replace a policy from a TOML file with the keys of a [[rotations]] table.
+    Set {
+        /// The policy file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Remove a policy set through the API.
+    Delete {
+        /// Secret path.
+        path: String,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -340,10 +381,11 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Get {
             path,
             version,
+            previous,
             field,
             json,
             conn,
-        } => get(&conn, &path, version, field.as_deref(), json).await,
+        } => get(&conn, &path, version, previous, field.as_deref(), json).await,
         Command::List { prefix, json, conn } => list(&conn, &prefix, json).await,
         Command::Delete(a) => versions(&a.conn, VersionOp::Delete, &a.path, a.versions).await,
         Command::Undelete(a) => versions(&a.conn, VersionOp::Undelete, &a.path, a.versions).await,
@@ -437,6 +479,14 @@ pub async fn run(cli: Cli) -> i32 {
             AdminCommand::Revoke { lease_id } => revoke(&conn, &lease_id, false).await,
             AdminCommand::RevokePrefix { prefix } => revoke(&conn, &prefix, true).await,
             AdminCommand::RotateSigningKey => rotate_signing_key(&conn).await,
+            AdminCommand::Rotate { path, json } => rotation::rotate(&conn, &path, json).await,
+            AdminCommand::Rotation { command } => match command {
+                RotationCommand::Status { prefix, json } => {
+                    rotation::status(&conn, &prefix, json).await
+                }
+                RotationCommand::Set { file } => rotation::set(&conn, &file).await,
+                RotationCommand::Delete { path } => rotation::delete(&conn, &path).await,
+            },
         },
     };
     match result {

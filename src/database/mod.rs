@@ -152,6 +152,11 @@ impl Databases {
         !self.configs().is_empty()
     }
 
+    /// Is a database of this name configured?
+    pub fn has_database(&self, name: &str) -> bool {
+        self.configs().iter().any(|d| d.name == name)
+    }
+
     /// A role by name.
     pub fn role(&self, name: &str) -> Result<DbRole, DbError> {
         self.configs()
@@ -204,6 +209,57 @@ impl Databases {
             }
         });
         Ok(client)
+    }
+
+    /// Sets the password of an existing role (static-role rotation); sends a SCRAM verifier.
+    pub async fn set_password(
+        &self,
+        database: &str,
+        role: &str,
+        password: &SecretBytes,
+    ) -> Result<(), DbError> {
+        let verifier = scram_verifier(password);
+        self.run(
+            database,
+            "rotation",
+            &["ALTER ROLE \"{{name}}\" WITH PASSWORD '{{password}}'".to_string()],
+            &Values {
+                name: role,
+                password: Some(&verifier),
+                expiration: None,
+            },
+        )
+        .await
+    }
+
+    /// Logs in as `user` with `password` and runs `SELECT 1`: proves the password works.
+    pub async fn login_test(
+        &self,
+        database: &str,
+        user: &str,
+        password: &SecretBytes,
+    ) -> Result<(), DbError> {
+        let db = self.database(database)?;
+        let failed = |message: String| DbError::Statement {
+            database: db.name.clone(),
+            what: "login test",
+            index: 1,
+            message,
+        };
+        let mut cfg: tokio_postgres::Config = db.url.parse().map_err(|e| failed(format!("{e}")))?;
+        cfg.user(user);
+        cfg.password(password.expose());
+        cfg.connect_timeout(Duration::from_secs(db.connect_timeout_secs));
+        cfg.application_name("keygate-login-test");
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| failed(pg_message(&e)))?;
+        let task = tokio::spawn(conn);
+        let r = client.simple_query("SELECT 1").await;
+        drop(client);
+        let _ = task.await;
+        r.map(|_| ()).map_err(|e| failed(pg_message(&e)))
     }
 
     /// Runs statements in one transaction.

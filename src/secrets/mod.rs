@@ -80,6 +80,17 @@ pub enum SecretsError {
     /// A key-encryption-key problem.
     #[error("KEK: {0}")]
     Kek(String),
+    /// A rotation of this secret is in progress.
+    #[error("a rotation of {0:?} is in progress; retry when it completes (keygate admin rotation status)")]
+    RotationInProgress(String),
+    /// A version is pending (staged by a rotation, not current yet).
+    #[error("version {version} of secret {path:?} is pending rotation")]
+    VersionPending {
+        /// Secret path.
+        path: String,
+        /// Version asked for.
+        version: u64,
+    },
     /// Too many concurrent writers on one secret.
     #[error("too much contention on {0:?}; retry")]
     Contention(String),
@@ -135,6 +146,20 @@ pub struct SecretStore {
 
 fn corrupt(path: &str) -> impl Fn(serde_json::Error) -> SecretsError + '_ {
     move |_| SecretsError::Corrupt(path.to_string())
+}
+
+fn new_meta(now: u64) -> SecretMeta {
+    SecretMeta {
+        current_version: 0,
+        max_versions: DEFAULT_MAX_VERSIONS,
+        created_at: now,
+        updated_at: now,
+        custom_metadata: BTreeMap::new(),
+        versions: BTreeMap::new(),
+        pending_version: None,
+        previous_version: None,
+        previous_until: None,
+    }
 }
 
 fn decode_meta(path: &str, raw: &[u8]) -> Result<SecretMeta, SecretsError> {
@@ -243,14 +268,10 @@ impl SecretStore {
         for _ in 0..MAX_RETRIES {
             let (raw, meta) = self.load_meta(path).await?;
             let now = self.clock.now_millis();
-            let mut meta = meta.unwrap_or(SecretMeta {
-                current_version: 0,
-                max_versions: DEFAULT_MAX_VERSIONS,
-                created_at: now,
-                updated_at: now,
-                custom_metadata: BTreeMap::new(),
-                versions: BTreeMap::new(),
-            });
+            let mut meta = meta.unwrap_or_else(|| new_meta(now));
+            if meta.pending_version.is_some() {
+                return Err(SecretsError::RotationInProgress(path.to_string()));
+            }
             if let Some(expected) = opts.cas {
                 if expected != meta.current_version {
                     return Err(SecretsError::CasMismatch {
@@ -260,7 +281,7 @@ impl SecretStore {
                     });
                 }
             }
-            let version = meta.current_version + 1;
+            let version = meta.next_version();
             meta.current_version = version;
             meta.updated_at = now;
             if let Some(m) = opts.max_versions {
@@ -284,11 +305,7 @@ impl SecretStore {
                 at: now,
             }];
             let mut txn = Txn::default().expect(meta_key(path), raw);
-            while meta.versions.len() > meta.max_versions as usize {
-                let Some((&oldest, _)) = meta.versions.iter().next() else {
-                    break;
-                };
-                meta.versions.remove(&oldest);
+            for oldest in meta.prune() {
                 txn = txn.delete(version_key(path, oldest));
                 evs.push(ChangeEvent {
                     path: path.to_string(),
@@ -313,11 +330,45 @@ impl SecretStore {
         Err(SecretsError::Contention(path.to_string()))
     }
 
-    /// Reads `version` of `path` (0 = current).
+    /// Reads `version` of `path` (0 = current). A pending version is not readable.
     pub async fn get(&self, path: &str, version: u64) -> Result<SecretVersion, SecretsError> {
-        path::validate(path).map_err(SecretsError::InvalidArgument)?;
-        let (_, meta) = self.load_meta(path).await?;
-        let meta = meta.ok_or_else(|| SecretsError::NotFound(path.to_string()))?;
+        let meta = self.metadata(path).await?;
+        if version != 0 && meta.pending_version == Some(version) {
+            return Err(SecretsError::VersionPending {
+                path: path.to_string(),
+                version,
+            });
+        }
+        self.read(path, version, meta).await
+    }
+
+    /// Reads the version a rotation replaced, while its overlap lasts.
+    pub async fn get_previous(&self, path: &str) -> Result<SecretVersion, SecretsError> {
+        let meta = self.metadata(path).await?;
+        let now = self.clock.now_millis();
+        match (meta.previous_version, meta.previous_until) {
+            (Some(v), Some(until)) if now < until => self.read(path, v, meta).await,
+            _ => Err(SecretsError::NotFound(format!(
+                "{path} has no previous version in overlap"
+            ))),
+        }
+    }
+
+    /// Reads the pending version (rotation only).
+    pub async fn get_pending(&self, path: &str) -> Result<SecretVersion, SecretsError> {
+        let meta = self.metadata(path).await?;
+        let v = meta
+            .pending_version
+            .ok_or_else(|| SecretsError::NotFound(format!("{path} has no pending version")))?;
+        self.read(path, v, meta).await
+    }
+
+    async fn read(
+        &self,
+        path: &str,
+        version: u64,
+        meta: SecretMeta,
+    ) -> Result<SecretVersion, SecretsError> {
         let version = if version == 0 {
             meta.current_version
         } else {
@@ -451,6 +502,12 @@ impl SecretStore {
             let mut txn = Txn::default().expect(meta_key(path), raw);
             let mut evs = Vec::new();
             for &v in &targets {
+                if meta.pending_version == Some(v) {
+                    return Err(SecretsError::VersionPending {
+                        path: path.to_string(),
+                        version: v,
+                    });
+                }
                 let vm =
                     meta.versions
                         .get_mut(&v)
@@ -499,6 +556,189 @@ impl SecretStore {
             }
         }
         Err(SecretsError::Contention(path.to_string()))
+    }
+
+    /// Writes `fields` as a pending version of `path` (not current, not readable), in the same
+    /// atomic commit as `with` (the rotation's state). Refused if a version is already pending
+    /// or the current version is no longer `expect_current` (0 = the secret must not exist).
+    pub async fn stage(
+        &self,
+        path: &str,
+        fields: &SecretFields,
+        expect_current: u64,
+        with: Txn,
+    ) -> Result<u64, SecretsError> {
+        path::validate(path).map_err(SecretsError::InvalidArgument)?;
+        let (raw, meta) = self.load_meta(path).await?;
+        let now = self.clock.now_millis();
+        let mut meta = meta.unwrap_or_else(|| new_meta(now));
+        if meta.pending_version.is_some() {
+            return Err(SecretsError::RotationInProgress(path.to_string()));
+        }
+        if meta.current_version != expect_current {
+            return Err(SecretsError::CasMismatch {
+                path: path.to_string(),
+                expected: expect_current,
+                current: meta.current_version,
+            });
+        }
+        let version = meta.next_version();
+        meta.pending_version = Some(version);
+        meta.versions.insert(
+            version,
+            VersionMeta {
+                created_at: now,
+                deleted_at: None,
+                destroyed: false,
+            },
+        );
+        let mut txn = Txn::default().expect(meta_key(path), raw);
+        let mut evs = Vec::new();
+        for oldest in meta.prune() {
+            txn = txn.delete(version_key(path, oldest));
+            evs.push(ChangeEvent {
+                path: path.to_string(),
+                version: oldest,
+                kind: ChangeKind::Pruned,
+                at: now,
+            });
+        }
+        let ring = self.keyring.read().await;
+        let record = envelope::seal_version(&ring, path, version, fields)
+            .map_err(|e| map_envelope(path, version, e))?;
+        let mut txn = txn
+            .put(meta_key(path), encode(&meta)?)
+            .put(version_key(path, version), encode(&record)?)
+            .merge(with);
+        if !evs.is_empty() {
+            txn = txn.notify(events(&evs)?);
+        }
+        self.storage.commit(txn).await?;
+        Ok(version)
+    }
+
+    /// Makes the pending `version` current; the old current stays readable as `previous` for
+    /// `overlap_ms` (an older previous is soft-deleted). Commits atomically with `with`.
+    /// Already current: nothing to do (`Ok(false)`).
+    pub async fn promote(
+        &self,
+        path: &str,
+        version: u64,
+        overlap_ms: u64,
+        with: Txn,
+    ) -> Result<bool, SecretsError> {
+        let (raw, meta) = self.load_meta(path).await?;
+        let mut meta = meta.ok_or_else(|| SecretsError::NotFound(path.to_string()))?;
+        if meta.pending_version != Some(version) {
+            if meta.current_version == version {
+                return Ok(false);
+            }
+            return Err(SecretsError::VersionNotFound {
+                path: path.to_string(),
+                version,
+            });
+        }
+        let now = self.clock.now_millis();
+        let mut evs = vec![ChangeEvent {
+            path: path.to_string(),
+            version,
+            kind: ChangeKind::Created,
+            at: now,
+        }];
+        if let Some(old) = meta.previous_version.take() {
+            if let Some(vm) = meta.versions.get_mut(&old) {
+                if vm.deleted_at.is_none() {
+                    vm.deleted_at = Some(now);
+                    evs.push(ChangeEvent {
+                        path: path.to_string(),
+                        version: old,
+                        kind: ChangeKind::Deleted,
+                        at: now,
+                    });
+                }
+            }
+        }
+        let had_current =
+            meta.current_version != 0 && meta.versions.contains_key(&meta.current_version);
+        if had_current {
+            meta.previous_version = Some(meta.current_version);
+            meta.previous_until = Some(now + overlap_ms);
+        } else {
+            meta.previous_until = None;
+        }
+        meta.current_version = version;
+        meta.pending_version = None;
+        meta.updated_at = now;
+        let txn = Txn::default()
+            .expect(meta_key(path), raw)
+            .put(meta_key(path), encode(&meta)?)
+            .merge(with)
+            .notify(events(&evs)?);
+        self.storage.commit(txn).await?;
+        Ok(true)
+    }
+
+    /// Rolls back a pending `version`: its ciphertext is erased and the secret is as before.
+    /// Commits atomically with `with`. Not pending (any more): `Ok(false)`.
+    pub async fn discard_pending(
+        &self,
+        path: &str,
+        version: u64,
+        with: Txn,
+    ) -> Result<bool, SecretsError> {
+        let (raw, meta) = self.load_meta(path).await?;
+        let Some(mut meta) = meta else {
+            return Ok(false);
+        };
+        if meta.pending_version != Some(version) {
+            return Ok(false);
+        }
+        meta.pending_version = None;
+        if let Some(vm) = meta.versions.get_mut(&version) {
+            vm.destroyed = true;
+        }
+        let txn = Txn::default()
+            .expect(meta_key(path), raw)
+            .put(meta_key(path), encode(&meta)?)
+            .delete(version_key(path, version))
+            .merge(with);
+        self.storage.commit(txn).await?;
+        Ok(true)
+    }
+
+    /// Ends the overlap of `path` if it is over: the previous version is soft-deleted.
+    pub async fn end_overlap(&self, path: &str) -> Result<Option<u64>, SecretsError> {
+        let (raw, meta) = self.load_meta(path).await?;
+        let Some(mut meta) = meta else {
+            return Ok(None);
+        };
+        let now = self.clock.now_millis();
+        let (Some(v), Some(until)) = (meta.previous_version, meta.previous_until) else {
+            return Ok(None);
+        };
+        if now < until {
+            return Ok(None);
+        }
+        meta.previous_version = None;
+        meta.previous_until = None;
+        if let Some(vm) = meta.versions.get_mut(&v) {
+            vm.deleted_at.get_or_insert(now);
+        }
+        let ev = ChangeEvent {
+            path: path.to_string(),
+            version: v,
+            kind: ChangeKind::Deleted,
+            at: now,
+        };
+        let txn = Txn::default()
+            .expect(meta_key(path), raw)
+            .put(meta_key(path), encode(&meta)?)
+            .notify(events(&[ev])?);
+        match self.storage.commit(txn).await {
+            Ok(()) => Ok(Some(v)),
+            Err(StorageError::Conflict) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Change events as they are committed.

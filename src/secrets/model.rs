@@ -71,6 +71,46 @@ pub struct SecretMeta {
     pub custom_metadata: BTreeMap<String, String>,
     /// Kept versions by number.
     pub versions: BTreeMap<u64, VersionMeta>,
+    /// A version written by a rotation that is not current yet (readers never see it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_version: Option<u64>,
+    /// The version a rotation replaced, readable as `previous` until `previous_until`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_version: Option<u64>,
+    /// End of the overlap, ms since epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_until: Option<u64>,
+}
+
+impl SecretMeta {
+    /// The number the next version gets: above every version ever written (current, pending,
+    /// kept or destroyed), so numbers are never reused.
+    pub fn next_version(&self) -> u64 {
+        let kept = self.versions.keys().next_back().copied().unwrap_or(0);
+        self.current_version
+            .max(kept)
+            .max(self.pending_version.unwrap_or(0))
+            + 1
+    }
+
+    /// Prunes the oldest versions past `max_versions`, never the current, pending or previous
+    /// one. Returns the pruned numbers.
+    pub fn prune(&mut self) -> Vec<u64> {
+        let keep = [
+            Some(self.current_version),
+            self.pending_version,
+            self.previous_version,
+        ];
+        let mut pruned = Vec::new();
+        while self.versions.len() > self.max_versions as usize {
+            let Some(&oldest) = self.versions.keys().find(|v| !keep.contains(&Some(**v))) else {
+                break;
+            };
+            self.versions.remove(&oldest);
+            pruned.push(oldest);
+        }
+        pruned
+    }
 }
 
 /// The sealed fields of one version (envelope encryption).

@@ -46,6 +46,7 @@ struct Reloader {
     clock: Arc<dyn Clock>,
     storage: Arc<dyn Storage>,
     databases: Arc<Databases>,
+    rotator: Arc<crate::rotation::Rotator>,
 }
 
 /// Builds the verifier and roles of a config.
@@ -91,6 +92,7 @@ impl ConfigReload for Reloader {
                 let restart = new.restart_needed(&cur);
                 self.authz.set_subjects(new.admin_subjects.clone());
                 self.databases.set_configs(new.databases.clone());
+                self.rotator.set_configured(new.rotations.clone());
                 if let Ok(mut t) = self.trust.write() {
                     *t = Arc::new(trust);
                 }
@@ -147,6 +149,19 @@ async fn database_sweeper(databases: Arc<Databases>) {
     }
 }
 
+/// Runs the rotation scheduler: every second, due and unfinished rotations (the first pass, at
+/// start, resumes rotations a crash interrupted and runs those missed while down).
+async fn rotation_scheduler(rotator: Arc<crate::rotation::Rotator>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = rotator.tick().await {
+            tracing::warn!(error = %e, "rotation scheduler pass failed");
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     store: Arc<SecretStore>,
@@ -160,6 +175,7 @@ pub struct Daemon {
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
     audit: Arc<crate::audit::writer::AuditWriter>,
     signals: Signals,
 }
@@ -268,16 +284,6 @@ impl Daemon {
             store.clone(),
             clock.clone(),
         ));
-        let reload = Arc::new(Reloader {
-            path: config.path.clone(),
-            current: RwLock::new(config.clone()),
-            authz: authz.clone(),
-            metrics: metrics.clone(),
-            trust: trust.clone(),
-            clock: clock.clone(),
-            storage: store.storage().clone(),
-            databases: databases.clone(),
-        });
         let audit_keys = Arc::new(
             crate::audit::AuditKeys::load_or_create(
                 &config.audit.signing_key_file,
@@ -314,6 +320,24 @@ impl Daemon {
             )
             .map_err(|m| StartError::Other(format!("audit.dir: {m}")))?,
         );
+        let rotator = Arc::new(crate::rotation::Rotator::new(
+            store.clone(),
+            databases.clone(),
+            clock.clone(),
+            Some(audit.clone()),
+            config.rotations.clone(),
+        ));
+        let reload = Arc::new(Reloader {
+            path: config.path.clone(),
+            current: RwLock::new(config.clone()),
+            authz: authz.clone(),
+            metrics: metrics.clone(),
+            trust: trust.clone(),
+            clock: clock.clone(),
+            storage: store.storage().clone(),
+            databases: databases.clone(),
+            rotator: rotator.clone(),
+        });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -328,9 +352,11 @@ impl Daemon {
             audit: audit.clone(),
             audit_keys,
             databases: databases.clone(),
+            rotator: rotator.clone(),
         });
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
         let sweeper = tokio::spawn(database_sweeper(databases));
+        let scheduler = tokio::spawn(rotation_scheduler(rotator));
 
         let accepting = Arc::new(AtomicBool::new(true));
 
@@ -455,6 +481,7 @@ impl Daemon {
             grace: config.server.shutdown_grace,
             housekeeping,
             sweeper,
+            scheduler,
             audit,
             signals,
         })
@@ -509,6 +536,7 @@ impl Daemon {
         }
         self.housekeeping.abort();
         self.sweeper.abort();
+        self.scheduler.abort();
         // the final signed checkpoint
         self.audit.close().await;
         self.store

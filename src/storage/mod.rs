@@ -59,6 +59,16 @@ impl Txn {
         self
     }
 
+    /// Adds `other`'s conditions and writes (after this one's) so both commit as one.
+    pub fn merge(mut self, other: Txn) -> Self {
+        self.conditions.extend(other.conditions);
+        self.writes.extend(other.writes);
+        if other.notify.is_some() {
+            self.notify = other.notify;
+        }
+        self
+    }
+
     /// Attaches a change notification.
     pub fn notify(mut self, payload: Vec<u8>) -> Self {
         self.notify = Some(payload);

@@ -74,6 +74,15 @@ impl TestEnv {
         }
     }
 
+    /// Appends TOML to the daemon's config.
+    pub fn append_config(&self, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.paths.config)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
     fn next_log(&self, what: &str) -> PathBuf {
         let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.logs.join(format!("{n:04}-{what}.log"))
@@ -91,10 +100,21 @@ impl TestEnv {
 
     /// Starts `keygate serve`; `Err(log)` if it exits before listening.
     pub fn try_start(&self) -> Result<Daemon, String> {
+        self.try_start_with(&[])
+    }
+
+    /// Starts `keygate serve` with extra environment variables (fault injection).
+    pub fn start_with(&self, vars: &[(&str, &str)]) -> Daemon {
+        self.try_start_with(vars)
+            .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
+    fn try_start_with(&self, vars: &[(&str, &str)]) -> Result<Daemon, String> {
         let log = self.next_log("daemon");
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&self.paths.config)
+            .envs(vars.iter().copied())
             .env("KEYGATE_LOG", LOG_LEVEL)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

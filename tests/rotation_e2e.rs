@@ -1,0 +1,439 @@
+//! Rotation through the real binary: generated secrets pushed to watchers, PostgreSQL static
+//! roles (one role and two alternating roles) against the real server, and a crash injected
+//! after every step resuming to one consistent current version.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod common;
+
+use common::{pg, Daemon, TestEnv};
+use keygate::pb;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+const DEMO: &str = r#"
+[[rotations]]
+path = "demo/rotating"
+every = "1h"
+overlap = "10m"
+
+[rotations.fields.password]
+generator = "password"
+length = 32
+
+[rotations.fields.token]
+generator = "bytes"
+length = 16
+encoding = "base64url"
+"#;
+
+async fn get(
+    ch: &Channel,
+    path: &str,
+    previous: bool,
+) -> Result<pb::GetSecretResponse, tonic::Status> {
+    pb::secrets_client::SecretsClient::new(ch.clone())
+        .get(pb::GetSecretRequest {
+            path: path.into(),
+            version: 0,
+            previous,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn field(r: &pb::GetSecretResponse, f: &str) -> String {
+    String::from_utf8(r.fields[f].clone()).unwrap()
+}
+
+async fn status(ch: &Channel, path: &str) -> pb::RotationStatus {
+    pb::admin_client::AdminClient::new(ch.clone())
+        .get_rotation_status(pb::RotationStatusRequest {
+            prefix: path.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rotations
+        .into_iter()
+        .find(|s| s.path == path)
+        .unwrap()
+}
+
+/// Waits until the rotation of `path` is idle with at least `n` completed rotations.
+async fn settled(ch: &Channel, path: &str, n: u64) -> pb::RotationStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = status(ch, path).await;
+        if s.state == "idle" && s.rotations >= n {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "rotation did not settle: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn audit_ops(env: &TestEnv) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for seg in keygate::audit::writer::segments(&env.paths.dir.join("audit")).unwrap() {
+        for line in std::fs::read_to_string(seg).unwrap().lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if let Some(op) = v["op"].as_str() {
+                let res = v["resources"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|x| x.as_str().unwrap_or("").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push((op.to_string(), res));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn generated_secret_rotates_pushes_to_watchers_and_keeps_previous() {
+    let env = TestEnv::new();
+    env.append_config(DEMO);
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    // the first scheduler pass creates the secret
+    let s = settled(&ch, "demo/rotating", 1).await;
+    assert_eq!(s.current_version, 1);
+    assert_eq!(s.trigger, "initial");
+    let v1 = get(&ch, "demo/rotating", false).await.unwrap();
+    assert_eq!(field(&v1, "password").len(), 32);
+    assert!(
+        get(&ch, "demo/rotating", true).await.is_err(),
+        "no previous yet"
+    );
+
+    let mut watch = pb::secrets_client::SecretsClient::new(ch.clone())
+        .watch(pb::WatchRequest {
+            paths: vec!["demo/rotating".into()],
+            prefixes: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let out = env.cli(&d, &["admin", "rotate", "demo/rotating", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = Instant::now();
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["current_version"], 2);
+    assert_eq!(st["previous_version"], 1);
+    assert_eq!(st["state"], "idle");
+    let ev = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            let e = watch.message().await.unwrap().unwrap();
+            if e.kind == pb::watch_event::Kind::Created as i32 {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the watcher did not see the new version within a second");
+    assert_eq!(ev.version, 2);
+    assert!(done.elapsed() < Duration::from_secs(1));
+
+    let v2 = get(&ch, "demo/rotating", false).await.unwrap();
+    let prev = get(&ch, "demo/rotating", true).await.unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(prev.version, 1);
+    assert_eq!(field(&prev, "password"), field(&v1, "password"));
+    assert_ne!(field(&v2, "password"), field(&v1, "password"));
+    assert_ne!(field(&v2, "token"), field(&v1, "token"));
+    let meta = v2.metadata.clone().unwrap();
+    assert_eq!(meta.previous_version, 1);
+    assert!(meta.previous_until.unwrap().seconds > common::issuer::now() as i64 + 500);
+
+    // CLI: status and get --previous
+    let out = env.cli(&d, &["admin", "rotation", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("demo/rotating") && text.contains("state idle"),
+        "{text}"
+    );
+    let out = env.cli(
+        &d,
+        &["get", "demo/rotating", "--previous", "--field", "password"],
+    );
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        field(&v1, "password")
+    );
+
+    // a write while idle is fine; rotation of an unknown path is NOT_FOUND
+    let e = pb::admin_client::AdminClient::new(ch.clone())
+        .rotate_secret(pb::RotateSecretRequest {
+            path: "demo/none".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // policies through the API: set, status, rotate, delete; a config path is refused
+    let file = env.paths.dir.join("policy.toml");
+    std::fs::write(
+        &file,
+        "path = \"team/api\"\nevery = \"24h\"\n[fields.key]\ngenerator = \"ed25519\"\n",
+    )
+    .unwrap();
+    let out = env.cli(
+        &d,
+        &["admin", "rotation", "set", "--file", file.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = settled(&ch, "team/api", 1).await;
+    assert_eq!(s.source, "api");
+    let k = get(&ch, "team/api", false).await.unwrap();
+    assert!(field(&k, "key").starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(field(&k, "key_public").starts_with("-----BEGIN PUBLIC KEY-----"));
+    std::fs::write(
+        &file,
+        "path = \"demo/rotating\"\nevery = \"2h\"\n[fields.x]\ngenerator = \"bytes\"\n",
+    )
+    .unwrap();
+    let out = env.cli(
+        &d,
+        &["admin", "rotation", "set", "--file", file.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config file"));
+    let out = env.cli(&d, &["admin", "rotation", "delete", "team/api"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policy deleted"));
+
+    // every step is audited
+    let ops: Vec<String> = audit_ops(&env)
+        .into_iter()
+        .filter(|(_, r)| r.iter().any(|x| x == "path:demo/rotating"))
+        .map(|(op, _)| op)
+        .collect();
+    for op in [
+        "rotation.pending",
+        "rotation.set",
+        "rotation.tested",
+        "rotation.current",
+    ] {
+        assert_eq!(
+            ops.iter().filter(|o| *o == op).count(),
+            2,
+            "{op} in {ops:?}"
+        );
+    }
+    assert_eq!(d.stop(), 0);
+    env.assert_logs_free_of(&[
+        field(&v1, "password"),
+        field(&v2, "password"),
+        field(&v2, "token"),
+    ]);
+}
+
+fn static_config(roles: &[&str]) -> String {
+    let list: Vec<String> = roles.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        r#"
+[[databases]]
+name = "main"
+url = "{url}"
+
+[[rotations]]
+path = "db/static"
+every = "1h"
+overlap = "10m"
+
+[rotations.postgres]
+database = "main"
+roles = [{}]
+"#,
+        list.join(", "),
+        url = pg::url()
+    )
+}
+
+async fn fresh_role(admin: &tokio_postgres::Client, tag: &str) -> String {
+    let mut b = [0u8; 5];
+    aws_lc_rs::rand::fill(&mut b).unwrap();
+    let name = format!("kgs_{tag}_{}", hex::encode(b));
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {name} LOGIN PASSWORD 'initial-password'"
+        ))
+        .await
+        .unwrap();
+    name
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn static_role_password_rotates_and_open_sessions_survive() {
+    let admin = pg::admin().await;
+    let role = fresh_role(&admin, "one").await;
+    let env = TestEnv::new();
+    env.append_config(&static_config(&[&role]));
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    // keygate takes the role over at once
+    settled(&ch, "db/static", 1).await;
+    let v1 = get(&ch, "db/static", false).await.unwrap();
+    assert_eq!(field(&v1, "username"), role);
+    let p1 = field(&v1, "password");
+    assert!(pg::password_matches(&admin, &role, &p1).await);
+    assert!(!pg::password_matches(&admin, &role, "initial-password").await);
+
+    // a client connected with the old password keeps working through the rotation
+    let session = pg::connect_as(&role).await.unwrap();
+    let out = env.cli(&d, &["admin", "rotate", "db/static"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = get(&ch, "db/static", false).await.unwrap();
+    let p2 = field(&v2, "password");
+    assert_ne!(p1, p2);
+    assert!(
+        pg::password_matches(&admin, &role, &p2).await,
+        "new logins use the new password"
+    );
+    assert!(!pg::password_matches(&admin, &role, &p1).await);
+    session
+        .simple_query("SELECT 1")
+        .await
+        .expect("open session ended");
+    assert_eq!(
+        field(&get(&ch, "db/static", true).await.unwrap(), "password"),
+        p1
+    );
+    assert_eq!(d.stop(), 0);
+    env.assert_logs_free_of(&[p1, p2]);
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_alternating_roles_keep_the_previous_login_valid() {
+    let admin = pg::admin().await;
+    let a = fresh_role(&admin, "a").await;
+    let b = fresh_role(&admin, "b").await;
+    let env = TestEnv::new();
+    env.append_config(&static_config(&[&a, &b]));
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    settled(&ch, "db/static", 1).await;
+    let v1 = get(&ch, "db/static", false).await.unwrap();
+    assert_eq!(field(&v1, "username"), a);
+    let out = env.cli(&d, &["admin", "rotate", "db/static"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v2 = get(&ch, "db/static", false).await.unwrap();
+    assert_eq!(
+        field(&v2, "username"),
+        b,
+        "the inactive role became current"
+    );
+    // both logins work during the overlap: previous (a) untouched, current (b) new
+    assert!(pg::password_matches(&admin, &a, &field(&v1, "password")).await);
+    assert!(pg::password_matches(&admin, &b, &field(&v2, "password")).await);
+    let prev = get(&ch, "db/static", true).await.unwrap();
+    assert_eq!(field(&prev, "username"), a);
+    // next rotation goes back to a, with a new password
+    let out = env.cli(&d, &["admin", "rotate", "db/static"]);
+    assert!(out.status.success());
+    let v3 = get(&ch, "db/static", false).await.unwrap();
+    assert_eq!(field(&v3, "username"), a);
+    assert_ne!(field(&v3, "password"), field(&v1, "password"));
+    assert!(pg::password_matches(&admin, &a, &field(&v3, "password")).await);
+    assert!(pg::password_matches(&admin, &b, &field(&v2, "password")).await);
+    assert_eq!(d.stop(), 0);
+    admin
+        .batch_execute(&format!("DROP ROLE {a}; DROP ROLE {b}"))
+        .await
+        .unwrap();
+}
+
+/// Asserts one consistent current version: nothing pending, the database holds its password.
+async fn consistent(ch: &Channel, admin: &tokio_postgres::Client, role: &str, rotations: u64) {
+    let s = settled(ch, "db/static", rotations).await;
+    assert_eq!(s.pending_version, 0, "{s:?}");
+    assert!(s.last_error.is_empty(), "{s:?}");
+    let v = get(ch, "db/static", false).await.unwrap();
+    assert_eq!(v.version, s.current_version);
+    assert!(
+        pg::password_matches(admin, role, &field(&v, "password")).await,
+        "the database does not hold the current version's password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_after_each_step_resumes_to_one_consistent_current_version() {
+    let admin = pg::admin().await;
+    let role = fresh_role(&admin, "crash").await;
+    let env = TestEnv::new();
+    env.append_config(&static_config(&[&role]));
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    consistent(&ch, &admin, &role, 1).await;
+    assert_eq!(d.stop(), 0);
+    let mut rotations = 1;
+    for step in ["pending", "set", "tested", "current"] {
+        let fault = format!("rotation-crash-after-{step}");
+        let d: Daemon = env.start_with(&[("KEYGATE_FAULT_INJECT", &fault)]);
+        let out = env.cli(&d, &["admin", "rotate", "db/static"]);
+        assert!(!out.status.success(), "{step}: the daemon did not crash");
+        let log = d.log.clone();
+        assert_ne!(d.wait(), 0);
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(
+            text.contains("fault injection: aborting after rotation step") && text.contains(step),
+            "{step}: not the injected crash"
+        );
+        // restart without the fault: the rotation resumes (or is already complete)
+        let d = env.start();
+        let ch = env.admin_channel(&d).await;
+        rotations += 1;
+        consistent(&ch, &admin, &role, rotations).await;
+        let meta = get(&ch, "db/static", false)
+            .await
+            .unwrap()
+            .metadata
+            .unwrap();
+        assert_eq!(
+            meta.current_version, rotations,
+            "{step}: one new version per rotation"
+        );
+        assert_eq!(d.stop(), 0);
+    }
+    // the audit chain verifies across the crashes
+    let out = std::process::Command::new(common::BIN)
+        .args(["audit", "verify"])
+        .arg(env.paths.dir.join("audit"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    admin
+        .batch_execute(&format!("DROP ROLE {role}"))
+        .await
+        .unwrap();
+}

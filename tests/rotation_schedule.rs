@@ -1,0 +1,363 @@
+//! Rotation scheduling with an injected clock: interval and cron runs at the right times, a
+//! missed run runs once, rotations never overlap, overlap and `previous`, crash-safe state.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keygate::clock::{Clock, FixedClock};
+use keygate::database::Databases;
+use keygate::rotation::config::{check, RawField, RawRotation};
+use keygate::rotation::state::Step;
+use keygate::rotation::Rotator;
+use keygate::secrets::envelope::Kek;
+use keygate::secrets::{SecretStore, SecretsError};
+use keygate::sensitive::SecretBytes;
+use keygate::storage::SledStorage;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const HOUR: u64 = 3_600_000;
+const MIN: u64 = 60_000;
+
+/// 2026-11-27T00:00:00Z
+const T0: u64 = 1_795_737_600_000;
+
+struct World {
+    _dir: tempfile::TempDir,
+    clock: Arc<FixedClock>,
+    store: Arc<SecretStore>,
+    rotator: Rotator,
+}
+
+fn policy(path: &str, every: Option<&str>, cron: Option<&str>, overlap: &str) -> RawRotation {
+    let mut fields = BTreeMap::new();
+    fields.insert(
+        "password".to_string(),
+        RawField {
+            generator: "password".into(),
+            length: Some(24),
+            ..Default::default()
+        },
+    );
+    fields.insert(
+        "key".to_string(),
+        RawField {
+            generator: "ed25519".into(),
+            ..Default::default()
+        },
+    );
+    RawRotation {
+        path: path.into(),
+        every: every.map(str::to_string),
+        cron: cron.map(str::to_string),
+        window: None,
+        overlap: Some(overlap.into()),
+        fields,
+        postgres: None,
+    }
+}
+
+async fn world(policies: Vec<RawRotation>) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(SledStorage::open(&dir.path().join("db")).unwrap());
+    let clock = Arc::new(FixedClock::at(T0));
+    let kek = Kek::from_bytes(&SecretBytes::new(vec![9; 32])).unwrap();
+    let store = Arc::new(
+        SecretStore::open(storage, kek, clock.clone())
+            .await
+            .unwrap(),
+    );
+    let rotator = make(&store, &clock, &policies);
+    World {
+        _dir: dir,
+        clock,
+        store,
+        rotator,
+    }
+}
+
+fn make(store: &Arc<SecretStore>, clock: &Arc<FixedClock>, policies: &[RawRotation]) -> Rotator {
+    let dbs = Arc::new(Databases::new(Vec::new(), store.clone(), clock.clone()));
+    Rotator::new(
+        store.clone(),
+        dbs,
+        clock.clone(),
+        None,
+        policies
+            .iter()
+            .map(|p| check(p, "config").unwrap())
+            .collect(),
+    )
+}
+
+async fn current(w: &World, path: &str) -> u64 {
+    w.store.metadata(path).await.unwrap().current_version
+}
+
+/// Advances the clock minute by minute for `span`, ticking at each; returns (time, version)
+/// of every change of the current version.
+async fn run_for(w: &World, path: &str, span: u64) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    let mut last = current(w, path).await;
+    let end = w.clock.now_millis() + span;
+    while w.clock.now_millis() < end {
+        w.clock.advance(MIN);
+        w.rotator.tick().await.unwrap();
+        let v = current(w, path).await;
+        if v != last {
+            seen.push((w.clock.now_millis(), v));
+            last = v;
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interval_schedule_rotates_at_the_right_times_and_keeps_previous_during_overlap() {
+    let w = world(vec![policy("app/db", Some("6h"), None, "30m")]).await;
+    // no secret yet: the first tick creates it
+    assert_eq!(w.rotator.tick().await.unwrap(), 1);
+    assert_eq!(current(&w, "app/db").await, 1);
+    let first = w.store.get("app/db", 0).await.unwrap();
+    assert_eq!(first.fields.get("password").unwrap().len(), 24);
+    assert!(first.fields.get("key_public").is_some());
+
+    let changes = run_for(&w, "app/db", 24 * HOUR).await;
+    let times: Vec<u64> = changes.iter().map(|c| (c.0 - T0) / MIN).collect();
+    assert_eq!(times, vec![360, 720, 1080, 1440], "rotations at every 6h");
+    assert_eq!(changes.last().unwrap().1, 5);
+
+    // just after a rotation: previous readable, and soft-deleted when the overlap ends
+    w.rotator.rotate("app/db", "manual").await.unwrap();
+    let meta = w.store.metadata("app/db").await.unwrap();
+    assert_eq!(meta.current_version, 6);
+    assert_eq!(meta.previous_version, Some(5));
+    let prev = w.store.get_previous("app/db").await.unwrap();
+    assert_eq!(prev.version, 5);
+    assert_ne!(
+        prev.fields.get("password"),
+        w.store
+            .get("app/db", 0)
+            .await
+            .unwrap()
+            .fields
+            .get("password")
+    );
+    // carried-over fields: only generated ones change
+    w.clock.advance(31 * MIN);
+    w.rotator.tick().await.unwrap();
+    assert!(matches!(
+        w.store.get_previous("app/db").await,
+        Err(SecretsError::NotFound(_))
+    ));
+    assert!(matches!(
+        w.store.get("app/db", 5).await,
+        Err(SecretsError::VersionDeleted { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_schedule_runs_at_three_utc_and_a_missed_run_runs_once() {
+    let p = policy("app/cron", None, Some("0 3 * * *"), "10m");
+    let w = world(vec![p.clone()]).await;
+    w.rotator.tick().await.unwrap();
+    let changes = run_for(&w, "app/cron", 3 * 24 * HOUR).await;
+    let hours: Vec<u64> = changes.iter().map(|c| (c.0 - T0) / HOUR).collect();
+    assert_eq!(hours, vec![3, 27, 51], "03:00 UTC each day");
+    for (t, _) in &changes {
+        assert_eq!((t - T0) % HOUR, 0, "on the minute");
+    }
+
+    // the daemon is down for three days: at start, one run, then back on schedule
+    let before = current(&w, "app/cron").await;
+    w.clock.advance(3 * 24 * HOUR);
+    let restarted = make(&w.store, &w.clock, &[p]);
+    assert_eq!(restarted.tick().await.unwrap(), 1);
+    assert_eq!(restarted.tick().await.unwrap(), 0, "a missed run runs once");
+    assert_eq!(current(&w, "app/cron").await, before + 1);
+    let st = restarted.status("app/").await.unwrap();
+    assert_eq!(st[0].state.trigger.as_deref(), Some("missed"));
+    let next = st[0].state.next_run_at.unwrap();
+    assert_eq!(
+        (next - T0) % (24 * HOUR),
+        3 * HOUR,
+        "next run back at 03:00"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_rotations_never_overlap() {
+    let w = Arc::new(world(vec![policy("app/race", Some("1h"), None, "0s")]).await);
+    w.rotator.tick().await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            w.rotator.rotate("app/race", "manual").await.is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            ok += 1;
+        }
+    }
+    let meta = w.store.metadata("app/race").await.unwrap();
+    // every successful rotation produced exactly one new current version, none was lost
+    assert_eq!(meta.current_version, 1 + ok);
+    assert!(meta.pending_version.is_none());
+    assert!(ok >= 1);
+    let st = w.rotator.status("app/race").await.unwrap();
+    assert_eq!(st[0].state.step, Step::Idle);
+    assert_eq!(st[0].state.rotations, 1 + ok);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_wait_for_a_pending_rotation_and_pending_versions_are_unreadable() {
+    let w = world(vec![policy("app/p", Some("1h"), None, "5m")]).await;
+    w.rotator.tick().await.unwrap();
+    // stage by hand as a crashed rotation would have left it
+    let fields = w.store.get("app/p", 0).await.unwrap().fields;
+    let v = w
+        .store
+        .stage("app/p", &fields, 1, keygate::storage::Txn::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.store.get("app/p", v).await,
+        Err(SecretsError::VersionPending { .. })
+    ));
+    assert_eq!(w.store.get("app/p", 0).await.unwrap().version, 1);
+    let put = w
+        .store
+        .put("app/p", &fields, &Default::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(put, SecretsError::RotationInProgress(_)));
+    assert!(w
+        .store
+        .discard_pending("app/p", v, Default::default())
+        .await
+        .unwrap());
+    // numbers are never reused
+    let (next, _) = w
+        .store
+        .put("app/p", &fields, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(next, v + 1);
+}
+
+#[test]
+fn policies_are_checked() {
+    let ok = policy("a/b", Some("1h"), None, "10m");
+    assert!(check(&ok, "config").is_ok());
+    let mut both = ok.clone();
+    both.cron = Some("0 3 * * *".into());
+    assert_eq!(check(&both, "config").unwrap_err().0, "every");
+    let mut long_overlap = ok.clone();
+    long_overlap.overlap = Some("2h".into());
+    assert_eq!(check(&long_overlap, "config").unwrap_err().0, "overlap");
+    let mut wide = ok.clone();
+    wide.window = Some("1h".into());
+    assert_eq!(check(&wide, "config").unwrap_err().0, "window");
+    let mut sys = ok.clone();
+    sys.path = "_sys/x".into();
+    assert_eq!(check(&sys, "config").unwrap_err().0, "path");
+    let mut nothing = ok.clone();
+    nothing.fields.clear();
+    assert_eq!(check(&nothing, "config").unwrap_err().0, "fields");
+    let mut bad_gen = ok;
+    bad_gen.fields.insert(
+        "x".into(),
+        RawField {
+            generator: "uuid".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(check(&bad_gen, "config").unwrap_err().0, "fields");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_rotation_retries_with_backoff_then_rolls_back() {
+    use keygate::database::config::DatabaseConfig;
+    use keygate::rotation::config::RawPostgres;
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(SledStorage::open(&dir.path().join("db")).unwrap());
+    let clock = Arc::new(FixedClock::at(T0));
+    let kek = Kek::from_bytes(&SecretBytes::new(vec![9; 32])).unwrap();
+    let store = Arc::new(
+        SecretStore::open(storage, kek, clock.clone())
+            .await
+            .unwrap(),
+    );
+    // a database nobody listens on
+    let dbs = Arc::new(Databases::new(
+        vec![DatabaseConfig {
+            name: "gone".into(),
+            url: "postgres://postgres@127.0.0.1:1/test".into(),
+            password_secret: None,
+            connect_timeout_secs: 1,
+            roles: vec![],
+        }],
+        store.clone(),
+        clock.clone(),
+    ));
+    let raw = RawRotation {
+        path: "db/s".into(),
+        every: Some("1h".into()),
+        postgres: Some(RawPostgres {
+            database: "gone".into(),
+            roles: vec!["app".into()],
+            password_length: None,
+        }),
+        ..Default::default()
+    };
+    let r = Rotator::new(
+        store.clone(),
+        dbs,
+        clock.clone(),
+        None,
+        vec![check(&raw, "config").unwrap()],
+    );
+    r.tick().await.unwrap();
+    let s = &r.status("db/").await.unwrap()[0];
+    assert_eq!(s.state.step, Step::Pending, "stuck at pending, visible");
+    assert_eq!(s.state.attempts, 1);
+    assert!(
+        s.state
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("unavailable"),
+        "{:?}",
+        s.state.last_error
+    );
+    assert_eq!(s.pending_version, Some(1));
+    // not retried before the backoff
+    r.tick().await.unwrap();
+    assert_eq!(r.status("db/").await.unwrap()[0].state.attempts, 1);
+    let mut ticks = 0;
+    while r.status("db/").await.unwrap()[0].state.step != Step::Idle {
+        ticks += 1;
+        assert!(ticks < 20, "never rolled back");
+        clock.advance(5 * MIN);
+        r.tick().await.unwrap();
+    }
+    assert_eq!(ticks, 4, "four retries after the first failure");
+    let s = &r.status("db/").await.unwrap()[0];
+    assert_eq!(s.state.step, Step::Idle, "rolled back");
+    assert!(s
+        .state
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("rolled back after 5"));
+    assert_eq!(s.pending_version, None);
+    // nothing became current
+    let meta = store.metadata("db/s").await.unwrap();
+    assert_eq!(meta.current_version, 0);
+    assert!(meta.versions[&1].destroyed);
+    assert!(matches!(
+        store.get("db/s", 0).await,
+        Err(SecretsError::VersionNotFound { .. })
+    ));
+}
