@@ -98,6 +98,12 @@ struct RawAudit {
     sink: Option<String>,
     #[serde(default = "default_sink_queue")]
     sink_queue: usize,
+    #[serde(default = "default_checkpoint_key_rotation")]
+    checkpoint_key_rotation_secs: u64,
+}
+
+fn default_checkpoint_key_rotation() -> u64 {
+    30 * 86_400
 }
 
 fn default_sink_queue() -> usize {
@@ -116,6 +122,7 @@ impl Default for RawAudit {
             write_deadline_ms: default_write_deadline(),
             sink: None,
             sink_queue: default_sink_queue(),
+            checkpoint_key_rotation_secs: default_checkpoint_key_rotation(),
         }
     }
 }
@@ -163,6 +170,8 @@ pub struct AuditConfig {
     pub sink: Option<crate::audit::writer::Sink>,
     /// Its queue length.
     pub sink_queue: usize,
+    /// How often the checkpoint signing key rotates.
+    pub checkpoint_key_rotation_secs: u64,
 }
 
 impl Default for RawIdentity {
@@ -692,6 +701,13 @@ impl Config {
                 "checkpoints need a positive count and interval",
             ));
         }
+        if a.checkpoint_key_rotation_secs < 60 {
+            return Err(ctx.err(
+                "audit",
+                "checkpoint_key_rotation_secs",
+                "must be at least 60",
+            ));
+        }
         if !(10..=60_000).contains(&a.write_deadline_ms) {
             return Err(ctx.err("audit", "write_deadline_ms", "must be between 10 and 60000"));
         }
@@ -718,6 +734,7 @@ impl Config {
             segment_bytes: a.segment_bytes,
             checkpoint_every: a.checkpoint_every,
             checkpoint_interval_secs: a.checkpoint_interval_secs,
+            checkpoint_key_rotation_secs: a.checkpoint_key_rotation_secs,
             write_deadline_ms: a.write_deadline_ms,
         };
 

@@ -200,6 +200,11 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
             ("keygate.v1.Admin/ListRoles", "OK"),
             ("keygate.v1.Admin/GetRole", "NOT_FOUND"),
             ("keygate.v1.Admin/ReloadConfig", "OK"),
+            // the signing key rotates through the rotation state machine: each step audited
+            ("rotation.pending", "OK"),
+            ("rotation.set", "OK"),
+            ("rotation.tested", "OK"),
+            ("rotation.current", "OK"),
             ("keygate.v1.Admin/RotateSigningKey", "OK"),
             ("keygate.v1.Admin/ServerInfo", "OK"),
             ("keygate.v1.Admin/AuditHead", "OK"),
@@ -216,7 +221,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     assert_eq!(caller.principal.as_deref(), Some("admin"));
     assert_eq!(caller.tls_client.as_deref(), Some("CN=keygate-admin"));
     assert!(caller.peer.as_deref().unwrap().starts_with("127.0.0.1:"));
-    assert_eq!(reqs[18].decision.as_deref(), Some("deny"));
+    assert_eq!(reqs[22].decision.as_deref(), Some("deny"));
     // the bogus bearer and platform token appear only as HMACs, findable with `audit hash`
     let hash = |v: &str| {
         let out = Command::new(BIN)
@@ -227,11 +232,11 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     assert_eq!(
-        reqs[19].caller.as_ref().unwrap().token_hmac.as_deref(),
+        reqs[23].caller.as_ref().unwrap().token_hmac.as_deref(),
         Some(hash(&bogus).as_str())
     );
     assert_eq!(
-        reqs[20].caller.as_ref().unwrap().token_hmac.as_deref(),
+        reqs[24].caller.as_ref().unwrap().token_hmac.as_deref(),
         Some(hash(&platform).as_str())
     );
     assert!(hash(&bogus).starts_with("hmac-sha256:"));

@@ -437,3 +437,113 @@ async fn a_crash_after_each_step_resumes_to_one_consistent_current_version() {
         .await
         .unwrap();
 }
+
+fn verify_audit(env: &TestEnv) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .args(["audit", "verify"])
+        .arg(env.paths.dir.join("audit"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+async fn audit_head_key(ch: &Channel) -> String {
+    pb::admin_client::AdminClient::new(ch.clone())
+        .audit_head(pb::AuditHeadRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .public_key
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keygates_own_keys_rotate_through_the_state_machine() {
+    let env = TestEnv::new();
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    let anchor = std::fs::read_to_string(env.paths.dir.join("audit/audit.pub")).unwrap();
+    assert_eq!(audit_head_key(&ch).await, anchor.trim());
+
+    // the checkpoint key: a signed handover, then checkpoints under the new key
+    let out = env.cli(
+        &d,
+        &["admin", "rotate", "_sys/audit-checkpoint-key", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["state"], "idle");
+    let k2 = audit_head_key(&ch).await;
+    assert_ne!(k2, anchor.trim());
+    // signing keys: the old kid stays published, the new one signs
+    let before = pb::admin_client::AdminClient::new(ch.clone())
+        .rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kids;
+    let out = env.cli(&d, &["admin", "rotate", "_sys/signing-keys"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env.cli(&d, &["admin", "rotation", "status", "_sys/", "--json"]);
+    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let sk = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["path"] == "_sys/signing-keys")
+        .unwrap();
+    assert_eq!(sk["rotations"], 2, "{sk}");
+    let (_, jwks) = common::https_get(&env, d.http, "/.well-known/jwks.json").await;
+    let jwks: Value = serde_json::from_str(&jwks).unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    for k in &before {
+        assert!(
+            kids.contains(&k.as_str()),
+            "retired key {k} left the JWKS early"
+        );
+    }
+    assert_eq!(kids.len(), before.len() + 1);
+    // nobody reads keygate's own keys, not even the admin
+    let e = get(&ch, "_sys/audit-checkpoint-key", false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(d.stop(), 0);
+    assert!(verify_audit(&env).contains("1 checkpoint-key rotation(s)"));
+
+    // a restart signs with the rotated key
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    assert_eq!(audit_head_key(&ch).await, k2);
+    assert_eq!(d.stop(), 0);
+    verify_audit(&env);
+
+    // a crash after the handover (set) and before promotion resumes with the handed-over key
+    let d = env.start_with(&[("KEYGATE_FAULT_INJECT", "rotation-crash-after-set")]);
+    let out = env.cli(&d, &["admin", "rotate", "_sys/audit-checkpoint-key"]);
+    assert!(!out.status.success());
+    assert_ne!(d.wait(), 0);
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    let st = settled(&ch, "_sys/audit-checkpoint-key", 2).await;
+    assert_eq!(st.pending_version, 0);
+    let k3 = audit_head_key(&ch).await;
+    assert_ne!(k3, k2);
+    assert_eq!(d.stop(), 0);
+    assert!(verify_audit(&env).contains("2 checkpoint-key rotation(s)"));
+}

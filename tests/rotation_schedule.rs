@@ -361,3 +361,44 @@ async fn a_failing_rotation_retries_with_backoff_then_rolls_back() {
         Err(SecretsError::VersionNotFound { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_keys_rotate_through_the_same_state_machine_and_stay_published() {
+    use keygate::credential::{Credentials, SIGNING_KEYS_PATH};
+    let w = world(vec![]).await;
+    // rotate every 2 h; the longest credential lives 1 h
+    let creds = Arc::new(
+        Credentials::open(
+            w.store.clone(),
+            w.clock.clone(),
+            "https://k".into(),
+            "https://k".into(),
+            2 * 3600,
+            3600,
+        )
+        .await
+        .unwrap(),
+    );
+    w.rotator.register_system(creds.clone());
+    w.rotator.tick().await.unwrap();
+    let first = creds.kids().await;
+    assert_eq!(first.len(), 1);
+    let st = &w.rotator.status("_sys/").await.unwrap()[0];
+    assert_eq!(st.policy.source, "system");
+    assert_eq!(st.state.next_run_at, Some(T0 + 2 * HOUR));
+
+    let changes = run_for(&w, SIGNING_KEYS_PATH, 5 * HOUR).await;
+    let hours: Vec<u64> = changes.iter().map(|c| (c.0 - T0) / HOUR).collect();
+    assert_eq!(hours, vec![2, 4], "a new signing key every 2 h");
+    let kids = creds.kids().await;
+    // the key retired at 2 h signed credentials valid until 3 h: gone at 5 h; the key retired
+    // at 4 h stays until 5 h; the newest signs
+    assert_eq!(kids.len(), 2, "{kids:?}");
+    assert!(!kids.contains(&first[0]));
+    let jwks = creds.jwks().await;
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    // every step audited in the state: rotations counted, nothing pending
+    let st = &w.rotator.status("_sys/").await.unwrap()[0];
+    assert_eq!(st.state.rotations, 2);
+    assert_eq!(st.pending_version, None);
+}

@@ -272,7 +272,11 @@ impl pb::admin_server::Admin for AdminApi {
             Ok(pb::AuditHeadResponse {
                 seq,
                 chain_hash,
-                public_key: self.state.audit_keys.public_key_b64(),
+                // the key checkpoints are signed with now (after rotations, not the anchor)
+                public_key: {
+                    use base64::Engine;
+                    base64::engine::general_purpose::STANDARD.encode(self.state.audit.public_key())
+                },
                 healthy: self.state.audit.healthy(),
             })
         }
@@ -355,9 +359,14 @@ impl AdminApi {
             .who(caller, audit)
             .await?
             .require(Action::Admin, "signing-keys")?;
+        // through the rotation state machine, like any secret
+        self.state
+            .rotator
+            .rotate(crate::credential::SIGNING_KEYS_PATH, "manual")
+            .await?;
         self.state
             .credentials
-            .rotate(true)
+            .reload()
             .await
             .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
         Ok(pb::RotateSigningKeyResponse {

@@ -320,6 +320,7 @@ impl AppState {
             status: Some(crate::metrics::code_name(code).to_string()),
             sig: None,
             truncated_bytes: None,
+            key: None,
         };
         if let Err(e) = self.audit.append(record).await {
             tracing::error!(rpc, error = %e, "audit record not written: refusing the request");

@@ -57,6 +57,7 @@ pub async fn run(
                     status: Some("OK".into()),
                     sig: None,
                     truncated_bytes: None,
+                    key: None,
                 };
                 let t = Instant::now();
                 if w.append(rec).await.is_err() {

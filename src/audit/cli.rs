@@ -25,8 +25,8 @@ pub fn verify(dir: &Path, pubkey: Option<&Path>) -> i32 {
     match super::verify::verify(dir, &pk) {
         Ok(r) => {
             println!(
-                "OK: {} records in {} segment(s), {} signed checkpoints, last seq {}",
-                r.records, r.segments, r.checkpoints, r.last_seq
+                "OK: {} records in {} segment(s), {} signed checkpoints, {} checkpoint-key rotation(s), last seq {}",
+                r.records, r.segments, r.checkpoints, r.key_rotations, r.last_seq
             );
             0
         }

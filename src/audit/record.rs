@@ -13,6 +13,8 @@ pub enum Kind {
     Checkpoint,
     /// The writer reopened the log after a crash (and maybe truncated a torn line).
     Recovery,
+    /// The checkpoint key changes: signed by the old key, names the new one (`key`).
+    KeyRotation,
 }
 
 /// Who called.
@@ -90,9 +92,18 @@ pub struct Record {
     /// Recovery: bytes of a torn last line that were truncated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated_bytes: Option<u64>,
+    /// `key_rotation`: the new checkpoint public key (Ed25519, base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// What a checkpoint signs.
+/// What the old key signs when it hands over to a new one: the position in the chain and the
+/// new public key.
+pub fn key_rotation_message(seq: u64, chain: &str, time: &str, new_key: &str) -> Vec<u8> {
+    format!("keygate-audit-key-rotation\0{seq}\0{chain}\0{time}\0{new_key}").into_bytes()
+}
+
 pub fn checkpoint_message(seq: u64, chain: &str, time: &str) -> Vec<u8> {
     format!("keygate-audit-checkpoint\0{seq}\0{chain}\0{time}").into_bytes()
 }

@@ -1,6 +1,6 @@
 //! `keygate audit verify`: walks every segment and proves the chain whole and signed, or names
 //! the first bad sequence number and what is wrong with it.
-use super::record::{checkpoint_message, line_hash, Kind, Record, GENESIS};
+use super::record::{checkpoint_message, key_rotation_message, line_hash, Kind, Record, GENESIS};
 use super::writer::segments;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -17,6 +17,8 @@ pub struct Report {
     pub checkpoints: u64,
     /// Last sequence number.
     pub last_seq: u64,
+    /// Checkpoint-key handovers followed from the anchor key.
+    pub key_rotations: u64,
 }
 
 /// The first fault found.
@@ -104,7 +106,9 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
                 .map(|l| l.to_vec()),
         );
     }
-    let key = aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ED25519, pubkey);
+    // the anchor key; a signed key_rotation record hands over to the next one
+    let mut current = pubkey.to_vec();
+    let mut key_rotations = 0u64;
     let parsed: Vec<Option<Record>> = lines
         .iter()
         .map(|l| serde_json::from_slice(l).ok())
@@ -148,6 +152,29 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
                 detail: format!("record {} does not chain to it", r.seq),
             });
         }
+        let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ED25519,
+            current.clone(),
+        );
+        if r.kind == Kind::KeyRotation {
+            let new = r.key.as_deref().unwrap_or("");
+            let ok = r
+                .sig
+                .as_deref()
+                .and_then(|s| B64.decode(s).ok())
+                .is_some_and(|sig| {
+                    key.verify(&key_rotation_message(r.seq, &r.prev, &r.time, new), &sig)
+                        .is_ok()
+                });
+            let next = B64.decode(new).ok().filter(|k| k.len() == 32);
+            match (ok, next) {
+                (true, Some(k)) => current = k,
+                _ => return Err(Fault::BadSignature { seq: r.seq }),
+            }
+            key_rotations += 1;
+            checkpoints += 1;
+            last_checkpoint_seq = r.seq;
+        }
         if r.kind == Kind::Checkpoint {
             let ok = r
                 .sig
@@ -174,11 +201,58 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
         });
     }
     Ok(Report {
+        key_rotations,
         segments: segs.len(),
         records: last,
         checkpoints,
         last_seq: last,
     })
+}
+
+/// Which of `candidates` (Ed25519 public keys) signs this log now: the key the last
+/// `key_rotation` record names, else the one whose signature the last checkpoint carries.
+/// `Ok(None)` for a log with no signed record yet.
+pub fn active_key(dir: &Path, candidates: &[Vec<u8>]) -> Result<Option<usize>, String> {
+    let segs = segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for s in segs.iter().rev() {
+        let b = std::fs::read(s).map_err(|e| format!("{}: {e}", s.display()))?;
+        for line in b.split(|c| *c == b'\n').rev().filter(|l| !l.is_empty()) {
+            let Ok(r) = serde_json::from_slice::<Record>(line) else {
+                continue;
+            };
+            let found = match r.kind {
+                Kind::KeyRotation => {
+                    let k = r.key.as_deref().and_then(|k| B64.decode(k).ok());
+                    candidates.iter().position(|c| Some(c) == k.as_ref())
+                }
+                Kind::Checkpoint => {
+                    let sig = r.sig.as_deref().and_then(|s| B64.decode(s).ok());
+                    let msg = checkpoint_message(r.seq, &r.prev, &r.time);
+                    candidates.iter().position(|c| {
+                        sig.as_ref().is_some_and(|sig| {
+                            aws_lc_rs::signature::UnparsedPublicKey::new(
+                                &aws_lc_rs::signature::ED25519,
+                                c,
+                            )
+                            .verify(&msg, sig)
+                            .is_ok()
+                        })
+                    })
+                }
+                _ => continue,
+            };
+            return match found {
+                Some(i) => Ok(Some(i)),
+                None => Err(format!(
+                    "the audit log's last signed record (seq {}) is signed by a checkpoint key \
+                     keygate does not have; restore it (audit.signing_key_file or the store) \
+                     before starting",
+                    r.seq
+                )),
+            };
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -188,6 +262,55 @@ mod tests {
     use crate::audit::writer::{AuditWriter, WriterConfig};
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn checkpoint_key_handovers_are_followed_from_the_anchor_and_forgeries_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, pk1) = key();
+        let w = AuditWriter::open(cfg(dir.path(), 1 << 20), k1).unwrap();
+        for i in 0..5 {
+            w.append(rec(i)).await.unwrap();
+        }
+        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+        let pk2 = Ed25519KeyPair::from_pkcs8(doc.as_ref())
+            .unwrap()
+            .public_key()
+            .as_ref()
+            .to_vec();
+        assert!(w.rotate_key(doc.as_ref()).await.unwrap());
+        assert!(!w.rotate_key(doc.as_ref()).await.unwrap(), "idempotent");
+        assert_eq!(w.public_key(), pk2);
+        for i in 5..10 {
+            w.append(rec(i)).await.unwrap();
+        }
+        w.close().await;
+        let r = verify(dir.path(), &pk1).unwrap();
+        assert_eq!(r.key_rotations, 1);
+        // the new key alone is not the anchor: the first checkpoints do not verify with it
+        assert!(matches!(
+            verify(dir.path(), &pk2),
+            Err(Fault::BadSignature { .. })
+        ));
+        // the writer reopening picks the key the log names
+        assert_eq!(
+            active_key(dir.path(), &[pk1.clone(), pk2.clone()]).unwrap(),
+            Some(1)
+        );
+        assert!(active_key(dir.path(), std::slice::from_ref(&pk1)).is_err());
+
+        // a handover to an attacker's key, signed by the attacker, is refused
+        let (path, mut lines) = lines(dir.path());
+        let i = lines
+            .iter()
+            .position(|l| l.contains("\"key_rotation\""))
+            .unwrap();
+        let (_evil, evil_pk) = key();
+        let mut v: serde_json::Value = serde_json::from_str(&lines[i]).unwrap();
+        v["key"] = serde_json::json!(B64.encode(&evil_pk));
+        lines[i] = serde_json::to_string(&v).unwrap();
+        rewrite(&path, &lines);
+        assert!(verify(dir.path(), &pk1).is_err());
+    }
 
     fn key() -> (Ed25519KeyPair, Vec<u8>) {
         let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
@@ -226,6 +349,7 @@ mod tests {
             status: Some("OK".into()),
             sig: None,
             truncated_bytes: None,
+            key: None,
         }
     }
 

@@ -2,8 +2,8 @@
 //! batch holding theirs is written and `fdatasync`ed (group commit). Sequence numbers and the
 //! hash chain advance only on a successful sync; a failed write is truncated away before the
 //! next attempt, so the log never holds a half record and recovers by itself.
-use super::record::{checkpoint_message, line_hash, Kind, Record, GENESIS};
-use aws_lc_rs::signature::Ed25519KeyPair;
+use super::record::{checkpoint_message, key_rotation_message, line_hash, Kind, Record, GENESIS};
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use std::fs::{File, OpenOptions};
@@ -104,6 +104,11 @@ enum Msg {
     Close(oneshot::Sender<()>),
     /// Holds the writer still (a stalled disk), for tests of the deadline.
     Stall(Duration),
+    /// Hands checkpoint signing over to a new key.
+    RotateKey(
+        Box<Ed25519KeyPair>,
+        oneshot::Sender<Result<bool, AuditError>>,
+    ),
 }
 
 /// The running audit log.
@@ -117,6 +122,7 @@ pub struct AuditWriter {
     /// Lines the second sink dropped.
     pub sink_dropped: Arc<AtomicU64>,
     head: Arc<Mutex<(u64, String)>>,
+    public: Arc<Mutex<Vec<u8>>>,
 }
 
 /// Milliseconds since the epoch as RFC 3339.
@@ -264,6 +270,13 @@ impl State {
                 let sig = self.key.sign(&checkpoint_message(seq, &prev, &r.time));
                 r.sig = Some(B64.encode(sig.as_ref()));
             }
+            if r.kind == Kind::KeyRotation {
+                let new_key = r.key.clone().unwrap_or_default();
+                let sig = self
+                    .key
+                    .sign(&key_rotation_message(seq, &prev, &r.time, &new_key));
+                r.sig = Some(B64.encode(sig.as_ref()));
+            }
             let line = serde_json::to_vec(r).map_err(|e| AuditError::Io(e.to_string()))?;
             prev = line_hash(&line);
             buf.extend_from_slice(&line);
@@ -309,6 +322,7 @@ impl State {
             status: None,
             sig: None,
             truncated_bytes: None,
+            key: None,
         }
     }
 
@@ -318,6 +332,22 @@ impl State {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(())
+    }
+
+    /// Writes a `key_rotation` record signed by the current key that names `new`, then signs
+    /// with `new`. Already the key in use: nothing is written (`Ok(false)`).
+    fn rotate_key(&mut self, new: Ed25519KeyPair) -> Result<bool, AuditError> {
+        if new.public_key().as_ref() == self.key.public_key().as_ref() {
+            return Ok(false);
+        }
+        let mut rec = self.checkpoint_record();
+        rec.kind = Kind::KeyRotation;
+        rec.key = Some(B64.encode(new.public_key().as_ref()));
+        self.write(&mut [rec])?;
+        self.key = new;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(true)
     }
 
     fn maybe_rotate(&mut self) -> Result<(), AuditError> {
@@ -351,6 +381,7 @@ fn run(
     healthy: Arc<AtomicBool>,
     written: Arc<AtomicU64>,
     head: Arc<Mutex<(u64, String)>>,
+    public: Arc<Mutex<Vec<u8>>>,
 ) {
     loop {
         if let Ok(mut h) = head.lock() {
@@ -375,16 +406,19 @@ fn run(
         };
         let mut batch = Vec::new();
         let mut close = None;
+        let mut rotate = None;
         match first {
             Msg::Append(r, tx) => batch.push((r, tx)),
             Msg::Close(tx) => close = Some(tx),
             Msg::Stall(d) => std::thread::sleep(d),
+            Msg::RotateKey(k, tx) => rotate = Some((k, tx)),
         }
-        while close.is_none() && batch.len() < 1024 {
+        while close.is_none() && rotate.is_none() && batch.len() < 1024 {
             match rx.try_recv() {
                 Ok(Msg::Append(r, tx)) => batch.push((r, tx)),
                 Ok(Msg::Close(tx)) => close = Some(tx),
                 Ok(Msg::Stall(d)) => std::thread::sleep(d),
+                Ok(Msg::RotateKey(k, tx)) => rotate = Some((k, tx)),
                 Err(_) => break,
             }
         }
@@ -407,6 +441,14 @@ fn run(
                 healthy.store(false, Ordering::SeqCst);
                 tracing::error!(error = %e, "audit segment rotation failed");
             }
+        }
+        if let Some((k, tx)) = rotate {
+            let r = st.rotate_key(*k);
+            healthy.store(r.is_ok(), Ordering::SeqCst);
+            if let Ok(mut p) = public.lock() {
+                *p = st.key.public_key().as_ref().to_vec();
+            }
+            let _ = tx.send(r);
         }
         if let Some(tx) = close {
             if let Err(e) = st.checkpoint() {
@@ -456,9 +498,11 @@ impl AuditWriter {
         let (h, w) = (healthy.clone(), written.clone());
         let head = Arc::new(Mutex::new((st.seq, st.prev.clone())));
         let hd = head.clone();
+        let public = Arc::new(Mutex::new(st.key.public_key().as_ref().to_vec()));
+        let pk = public.clone();
         let thread = std::thread::Builder::new()
             .name("keygate-audit".into())
-            .spawn(move || run(st, rx, h, w, hd))
+            .spawn(move || run(st, rx, h, w, hd, pk))
             .map_err(|e| e.to_string())?;
         Ok(Self {
             tx,
@@ -468,7 +512,29 @@ impl AuditWriter {
             written,
             sink_dropped,
             head,
+            public,
         })
+    }
+
+    /// The public key checkpoints are signed with now.
+    pub fn public_key(&self) -> Vec<u8> {
+        self.public.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Hands checkpoint signing over to the Ed25519 key `pkcs8` (a signed `key_rotation`
+    /// record). Already in use: `Ok(false)`, nothing written.
+    pub async fn rotate_key(&self, pkcs8: &[u8]) -> Result<bool, AuditError> {
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8)
+            .map_err(|_| AuditError::Io("not an Ed25519 PKCS#8 key".into()))?;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::RotateKey(Box::new(key), tx))
+            .map_err(|_| AuditError::Closed)?;
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(AuditError::Closed),
+            Err(_) => Err(AuditError::Stalled),
+        }
     }
 
     /// Appends `rec` and waits until it is durable; the caller must not answer before `Ok`.

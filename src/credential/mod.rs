@@ -137,7 +137,12 @@ fn load_keys(
             .map_err(|e| CredentialError::Store(e.to_string()))?;
         keys.push(SigningKey {
             kid: kid.clone(),
-            created: meta.get(kid).and_then(|c| c.parse().ok()).unwrap_or(0),
+            // kids are `<created ms>-<random>`; older stores also kept it in metadata
+            created: meta
+                .get(kid)
+                .and_then(|c| c.parse().ok())
+                .or_else(|| kid.split('-').next().and_then(|c| c.parse().ok()))
+                .unwrap_or(0),
             encoding: EncodingKey::from_ed_der(pkcs8.expose()),
             decoding,
             x,
@@ -272,6 +277,55 @@ impl Credentials {
         Err(CredentialError::Store(
             "signing key rotation kept conflicting".into(),
         ))
+    }
+
+    /// The key set a rotation stages: the keys whose credentials can still be valid, plus a new
+    /// key that signs from the moment the set becomes current.
+    pub fn next_key_set(
+        &self,
+        current: Option<&SecretFields>,
+    ) -> Result<SecretFields, CredentialError> {
+        let now = self.clock.now_millis();
+        let empty = SecretFields::new();
+        let current = current.unwrap_or(&empty);
+        let keys = load_keys(current, &BTreeMap::new())?;
+        let mut fields = SecretFields::new();
+        for (i, k) in keys.iter().enumerate() {
+            let retired_at = keys.get(i + 1).map(|n| n.created).unwrap_or(now);
+            if retired_at + self.retain_secs * 1000 >= now {
+                if let Some(p) = current.get(&k.kid) {
+                    fields.insert(k.kid.clone(), p.clone());
+                }
+            }
+        }
+        let created = keys.last().map_or(now, |k| now.max(k.created + 1));
+        let (kid, pkcs8) = new_key(created)?;
+        fields.insert(kid, pkcs8);
+        Ok(fields)
+    }
+
+    /// Checks a staged key set: every key loads, and the newest signs a credential that
+    /// verifies with its public key.
+    pub fn check_key_set(&self, fields: &SecretFields) -> Result<(), CredentialError> {
+        let keys = load_keys(fields, &BTreeMap::new())?;
+        let k = keys
+            .last()
+            .ok_or_else(|| CredentialError::Store("empty key set".into()))?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(k.kid.clone());
+        let t = jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": "key-check"}),
+            &k.encoding,
+        )
+        .map_err(|e| CredentialError::Store(e.to_string()))?;
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.required_spec_claims = HashSet::new();
+        v.validate_exp = false;
+        v.validate_aud = false;
+        jsonwebtoken::decode::<Value>(&t, &k.decoding, &v)
+            .map(|_| ())
+            .map_err(|e| CredentialError::Store(format!("new signing key does not verify: {e}")))
     }
 
     /// The public JWKS document.
@@ -410,6 +464,33 @@ impl Credentials {
             .iter()
             .find(|k| k.kid == kid)
             .map(|k| k.decoding.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::rotation::SystemKey for Credentials {
+    fn path(&self) -> &'static str {
+        SIGNING_KEYS_PATH
+    }
+
+    fn every_secs(&self) -> u64 {
+        self.rotation_secs
+    }
+
+    fn next(&self, current: Option<&SecretFields>) -> Result<SecretFields, String> {
+        self.next_key_set(current).map_err(|e| e.to_string())
+    }
+
+    async fn apply(&self, _pending: &SecretFields) -> Result<(), String> {
+        Ok(())
+    }
+
+    async fn test(&self, pending: &SecretFields) -> Result<(), String> {
+        self.check_key_set(pending).map_err(|e| e.to_string())
+    }
+
+    async fn activated(&self) -> Result<(), String> {
+        self.reload().await.map_err(|e| e.to_string())
     }
 }
 

@@ -78,6 +78,28 @@ pub struct Status {
     pub previous_until: Option<u64>,
 }
 
+/// One of keygate's own keys, rotated by the same state machine at a reserved `_sys/` path.
+#[async_trait::async_trait]
+pub trait SystemKey: Send + Sync {
+    /// Where the key set is stored.
+    fn path(&self) -> &'static str;
+    /// Rotation period.
+    fn every_secs(&self) -> u64;
+    /// The next key set from the current one (`None`: no key yet).
+    fn next(&self, current: Option<&SecretFields>) -> Result<SecretFields, String>;
+    /// Set step: make the pending keys usable where they must be before they are current
+    /// (idempotent).
+    async fn apply(&self, pending: &SecretFields) -> Result<(), String>;
+    /// Tested step: the pending keys work.
+    async fn test(&self, pending: &SecretFields) -> Result<(), String>;
+    /// After promotion: start using the new keys.
+    async fn activated(&self) -> Result<(), String>;
+    /// Rollback: go back to the current keys (`None`: the keys keygate started with).
+    async fn restore(&self, _current: Option<&SecretFields>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Fault injection for crash tests: `KEYGATE_FAULT_INJECT=rotation-crash-after-<step>` aborts
 /// the process right after that step commits (`pending`, `set`, `tested`, `current`).
 fn crash_point() -> Option<String> {
@@ -95,6 +117,7 @@ pub struct Rotator {
     configured: RwLock<Arc<Vec<Policy>>>,
     running: Mutex<HashSet<String>>,
     crash_after: Option<String>,
+    system: RwLock<Vec<Arc<dyn SystemKey>>>,
 }
 
 /// Releases a path's in-process run marker.
@@ -138,7 +161,45 @@ impl Rotator {
             configured: RwLock::new(Arc::new(configured)),
             running: Mutex::new(HashSet::new()),
             crash_after: crash_point(),
+            system: RwLock::new(Vec::new()),
         }
+    }
+
+    /// Adds one of keygate's own keys to the schedule.
+    pub fn register_system(&self, key: Arc<dyn SystemKey>) {
+        if let Ok(mut s) = self.system.write() {
+            s.push(key);
+        }
+    }
+
+    fn system_key(&self, path: &str) -> Option<Arc<dyn SystemKey>> {
+        self.system
+            .read()
+            .ok()
+            .and_then(|s| s.iter().find(|k| k.path() == path).cloned())
+    }
+
+    fn system_policies(&self) -> Vec<Policy> {
+        let keys = match self.system.read() {
+            Ok(s) => s.clone(),
+            Err(_) => Vec::new(),
+        };
+        keys.iter()
+            .map(|k| Policy {
+                path: k.path().to_string(),
+                schedule: schedule::Schedule::Every(k.every_secs()),
+                window_secs: 0,
+                overlap_secs: 0,
+                fields: Default::default(),
+                postgres: None,
+                source: "system",
+                raw: RawRotation {
+                    path: k.path().to_string(),
+                    every: Some(format!("{}s", k.every_secs())),
+                    ..Default::default()
+                },
+            })
+            .collect()
     }
 
     /// Replaces the config's policies (reload).
@@ -169,6 +230,7 @@ impl Rotator {
                 out.push(p);
             }
         }
+        out.extend(self.system_policies());
         Ok(out)
     }
 
@@ -276,7 +338,9 @@ impl Rotator {
                         }
                     }),
                     None => {
-                        let exists = self.store.metadata(&p.path).await.is_ok();
+                        // keygate's own keys exist from the start (not created by a rotation)
+                        let exists =
+                            p.source == "system" || self.store.metadata(&p.path).await.is_ok();
                         if exists {
                             let mut s = st.clone();
                             s.next_run_at = self.next_run(&p, now);
@@ -383,6 +447,7 @@ impl Rotator {
             status: Some(if error.is_some() { "FAILED" } else { "OK" }.into()),
             sig: None,
             truncated_bytes: None,
+            key: None,
         };
         match audit.append(rec).await {
             Ok(_) => true,
@@ -396,6 +461,15 @@ impl Rotator {
     /// New field values: generated fields replaced, the rest carried over from the current
     /// version; for PostgreSQL, `username` (the inactive role) and `password`.
     async fn generate(&self, p: &Policy) -> Result<(SecretFields, u64), RotationError> {
+        if let Some(k) = self.system_key(&p.path) {
+            let (cur, from) = match self.store.get(&p.path, 0).await {
+                Ok(v) => (Some(v.fields), v.version),
+                Err(SecretsError::NotFound(_)) => (None, 0),
+                Err(e) => return Err(e.into()),
+            };
+            let fields = k.next(cur.as_ref()).map_err(RotationError::Invalid)?;
+            return Ok((fields, from));
+        }
         let (mut fields, from) = match self.store.get(&p.path, 0).await {
             Ok(v) => (v.fields, v.version),
             Err(SecretsError::NotFound(_)) => (SecretFields::new(), 0),
@@ -561,6 +635,14 @@ impl Rotator {
 
     /// Pending → set: the external rotator applies the new value.
     async fn apply(&self, p: &Policy, _version: u64) -> Result<(), String> {
+        if let Some(k) = self.system_key(&p.path) {
+            let v = self
+                .store
+                .get_pending(&p.path)
+                .await
+                .map_err(|e| e.to_string())?;
+            return k.apply(&v.fields).await;
+        }
         let Some(pg) = &p.postgres else {
             return Ok(());
         };
@@ -584,6 +666,9 @@ impl Rotator {
             .get_pending(&p.path)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(k) = self.system_key(&p.path) {
+            return k.test(&v.fields).await;
+        }
         for name in p.fields.keys() {
             if v.fields.get(name).is_none_or(|x| x.is_empty()) {
                 return Err(format!("field {name} is missing from the pending version"));
@@ -660,6 +745,11 @@ impl Rotator {
                 })
             }
         }
+        if let Some(k) = self.system_key(&p.path) {
+            if let Err(e) = k.activated().await {
+                tracing::warn!(path = %p.path, error = %e, "new key is current but not yet loaded; the next reload picks it up");
+            }
+        }
         tracing::info!(path = %p.path, version, overlap_secs = p.overlap_secs, "rotation complete: new version is current");
         self.crash_if("current");
         Ok(new)
@@ -714,6 +804,27 @@ impl Rotator {
         message: String,
     ) -> Result<RotationState, RotationError> {
         let version = st.pending_version.unwrap_or(0);
+        if let Some(k) = self.system_key(&p.path) {
+            let cur = self.store.get(&p.path, 0).await.ok().map(|v| v.fields);
+            if let Err(e) = k.restore(cur.as_ref()).await {
+                let m = format!("rollback could not restore the current key: {e}");
+                let new = RotationState {
+                    last_error: Some(m.clone()),
+                    retry_at: Some(self.now() + 60_000),
+                    ..st
+                };
+                let _ = self
+                    .store
+                    .storage()
+                    .commit(state::txn(&p.path, raw, &new)?)
+                    .await;
+                return Err(RotationError::Step {
+                    path: p.path.clone(),
+                    step: "rollback",
+                    message: m,
+                });
+            }
+        }
         if let (Some(pg), Step::Set | Step::Tested | Step::Pending) = (&p.postgres, st.step) {
             // single role: its password may have changed; put the current one back
             if pg.roles.len() == 1 {

@@ -110,17 +110,14 @@ impl ConfigReload for Reloader {
     }
 }
 
-/// Periodic work: signing-key rotation (and pick-up of other replicas' rotations), replay and
-/// lease clean-up.
+/// Periodic work: pick-up of signing keys other replicas rotated, replay and lease clean-up.
+/// (Signing keys themselves rotate through the rotation scheduler.)
 async fn housekeeping(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         tick.tick().await;
         if let Err(e) = state.credentials.reload().await {
             tracing::warn!(error = %e, "signing key reload failed");
-        }
-        if let Err(e) = state.credentials.rotate_if_due().await {
-            tracing::warn!(error = %e, "signing key rotation failed");
         }
         if let Err(e) = state.trust().verifier.sweep_replay().await {
             tracing::warn!(error = %e, "replay store sweep failed");
@@ -299,7 +296,10 @@ impl Daemon {
                 })
             })?,
         );
-        let audit_signing = audit_keys.signer().map_err(StartError::Other)?;
+        let audit_signing = audit_keys
+            .active_signer(&store, &config.audit.dir)
+            .await
+            .map_err(StartError::Other)?;
         let audit = Arc::new(
             crate::audit::writer::AuditWriter::open(
                 crate::audit::writer::WriterConfig {
@@ -327,6 +327,13 @@ impl Daemon {
             Some(audit.clone()),
             config.rotations.clone(),
         ));
+        // keygate's own signing keys rotate through the same state machine
+        rotator.register_system(credentials.clone());
+        rotator.register_system(Arc::new(crate::audit::CheckpointKeyRotation {
+            writer: audit.clone(),
+            anchor: audit_keys.anchor_pkcs8(),
+            every_secs: config.audit.checkpoint_key_rotation_secs,
+        }));
         let reload = Arc::new(Reloader {
             path: config.path.clone(),
             current: RwLock::new(config.clone()),
