@@ -201,6 +201,10 @@ scopes = ["read:x/*"]
     assert!(pg::connect_as(&s.username).await.is_ok());
     let gone = pg::eventually(10, || async { !pg::role_exists(&admin, &s.username).await }).await;
     assert!(gone, "expired user was not dropped");
+    assert!(
+        pg::connect_as(&s.username).await.is_err(),
+        "an expired user logged in"
+    );
     let leases = pb::leases_client::LeasesClient::new(ch.clone())
         .list(pb::ListLeasesRequest {
             prefix: s.lease_id.clone(),

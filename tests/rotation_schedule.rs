@@ -402,3 +402,23 @@ async fn signing_keys_rotate_through_the_same_state_machine_and_stay_published()
     assert_eq!(st.state.rotations, 2);
     assert_eq!(st.pending_version, None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jitter_window_spreads_runs_inside_it() {
+    let mut p = policy("app/j", Some("1h"), None, "0s");
+    p.window = Some("10m".into());
+    let w = world(vec![p]).await;
+    let mut offsets = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        w.rotator.rotate("app/j", "manual").await.unwrap();
+        let st = &w.rotator.status("app/").await.unwrap()[0];
+        let next = st.state.next_run_at.unwrap();
+        let base = st.state.last_rotated_at.unwrap() + HOUR;
+        assert!(
+            next >= base && next < base + 10 * MIN,
+            "{next} outside the window"
+        );
+        offsets.insert(next - base);
+    }
+    assert!(offsets.len() > 10, "no jitter: {offsets:?}");
+}
