@@ -78,10 +78,9 @@ impl tonic::service::Interceptor for Auth {
 /// A channel plus the credential interceptor.
 pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
 
-/// Connects and prepares the credential header.
-pub async fn connect_authed(conn: &Conn) -> anyhow::Result<Authed> {
-    let ch = connect(conn).await?;
-    let auth = match &conn.credential {
+/// The `authorization` interceptor for a credential (none: no header).
+pub fn auth_for(credential: Option<&str>) -> anyhow::Result<Auth> {
+    Ok(match credential {
         Some(t) if !t.trim().is_empty() => {
             let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
                 format!("Bearer {}", t.trim())
@@ -91,7 +90,13 @@ pub async fn connect_authed(conn: &Conn) -> anyhow::Result<Authed> {
             Auth(Some(v))
         }
         _ => Auth(None),
-    };
+    })
+}
+
+/// Connects and prepares the credential header.
+pub async fn connect_authed(conn: &Conn) -> anyhow::Result<Authed> {
+    let ch = connect(conn).await?;
+    let auth = auth_for(conn.credential.as_deref())?;
     Ok(tonic::service::interceptor::InterceptedService::new(
         ch, auth,
     ))

@@ -460,7 +460,27 @@ async fn github_actions_token(
     Ok(Zeroizing::new(t.to_string()))
 }
 
-async fn platform_token(source: TokenSource) -> anyhow::Result<Zeroizing<String>> {
+/// Exchanges a platform token for a keygate credential of `role`.
+pub(crate) async fn exchange_token(
+    ch: tonic::transport::Channel,
+    role: &str,
+    token: &str,
+) -> anyhow::Result<Zeroizing<String>> {
+    let r = pb::token_exchange_client::TokenExchangeClient::new(ch)
+        .exchange(pb::ExchangeRequest {
+            subject_token: token.to_string(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+            role: role.to_string(),
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| anyhow!("exchange for role {role}: {}", status_error(s)))?
+        .into_inner();
+    Ok(Zeroizing::new(r.access_token.clone()))
+}
+
+/// The platform token from `source`.
+pub(crate) async fn platform_token(source: TokenSource) -> anyhow::Result<Zeroizing<String>> {
     match source {
         TokenSource::File(p) if p.as_os_str() == "-" => {
             let mut s = String::new();

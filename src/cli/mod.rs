@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod db;
 mod rotation;
+mod run;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -151,6 +152,36 @@ enum Command {
         /// Print the whole answer as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a command with secrets in its environment (CI): exchanges the job's platform token,
+    /// fetches the secrets, then replaces itself with the command (its signals and exit code).
+    Run {
+        /// Role to exchange the platform token for.
+        #[arg(long)]
+        role: Option<String>,
+        /// NAME=PATH#FIELD: one variable from one field (repeatable).
+        #[arg(long = "env")]
+        envs: Vec<String>,
+        /// PATH=PREFIX_: every field of PATH as PREFIX_FIELD (repeatable).
+        #[arg(long = "env-prefix")]
+        prefixes: Vec<String>,
+        /// Read the platform token from this file (re-read each run).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Read the platform token from this environment variable.
+        #[arg(long, conflicts_with = "token_file")]
+        token_env: Option<String>,
+        /// Audience to request from GitHub Actions (keygate's audience for that issuer).
+        #[arg(long, env = "KEYGATE_AUDIENCE")]
+        audience: Option<String>,
+        /// CA for the GitHub Actions token endpoint (GHES with a private CA).
+        #[arg(long, env = "KEYGATE_ACTIONS_CACERT", hide = true)]
+        actions_cacert: Option<PathBuf>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -416,6 +447,34 @@ pub async fn run(cli: Cli) -> i32 {
                 TokenSource::Detect { audience }
             };
             exchange(&conn, &role, &scopes, ttl, source, out.as_deref(), json).await
+        }
+        Command::Run {
+            role,
+            envs,
+            prefixes,
+            token_file,
+            token_env,
+            audience,
+            actions_cacert,
+            cmd,
+            conn,
+        } => {
+            let (code, e) = run::run(
+                &conn,
+                run::RunOptions {
+                    role,
+                    envs,
+                    prefixes,
+                    token_file,
+                    token_env,
+                    audience,
+                    actions_cacert,
+                    cmd,
+                },
+            )
+            .await;
+            eprintln!("keygate run: {e:#}");
+            return code;
         }
         Command::DbCreds {
             role,
