@@ -6,6 +6,7 @@
 //! (the daemon), `cli` (the command line), `devenv` (`keygate dev`).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod authz;
@@ -18,6 +19,7 @@ pub mod devenv;
 pub mod devissuer;
 pub mod generate;
 pub mod identity;
+pub mod injector;
 pub mod logging;
 pub mod metrics;
 pub mod pb;

@@ -1,10 +1,10 @@
 //! The command line: `keygate serve | dev | put | get | list | delete | undelete | destroy |
 //! exchange | db-creds | admin | audit | bench`.
-mod client;
+pub(crate) mod client;
 mod commands;
 mod db;
 mod rotation;
-mod run;
+pub(crate) mod run;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -184,6 +184,30 @@ enum Command {
         cmd: Vec<String>,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// The sidecar agent: renders secrets into files, follows changes, renews its credential.
+    Agent {
+        /// agent.toml (default: KEYGATE_AGENT_CONFIG_B64 / KEYGATE_AGENT_CONFIG from the injector).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Render everything once and exit (init containers).
+        #[arg(long)]
+        once: bool,
+        /// Copy this binary to PATH first (exec mode in Kubernetes).
+        #[arg(long)]
+        install_to: Option<PathBuf>,
+        /// Supervise CMD with the secrets in its environment; restart it when they change.
+        #[arg(long)]
+        exec: bool,
+        /// The command, after `--` (with --exec).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// The Kubernetes mutating admission webhook (HTTPS).
+    Injector {
+        /// injector.toml.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// A short-lived database user of a `[[databases.roles]]` role (needs scope `db:ROLE`).
     DbCreds {
@@ -476,6 +500,34 @@ pub async fn run(cli: Cli) -> i32 {
             eprintln!("keygate run: {e:#}");
             return code;
         }
+        Command::Agent {
+            config,
+            once,
+            install_to,
+            exec,
+            cmd,
+        } => {
+            crate::logging::init(crate::config::LogFormat::Json, "info");
+            if exec && cmd.is_empty() {
+                eprintln!("keygate agent: --exec needs a command after --");
+                return crate::EXIT_CONFIG;
+            }
+            let config = match crate::agent::load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("keygate agent: {e:#}");
+                    return crate::EXIT_CONFIG;
+                }
+            };
+            return crate::agent::run(crate::agent::Options {
+                config,
+                once,
+                install_to,
+                exec: if exec { cmd } else { Vec::new() },
+            })
+            .await;
+        }
+        Command::Injector { config } => return crate::injector::server::run(&config).await,
         Command::DbCreds {
             role,
             ttl,
