@@ -17,6 +17,29 @@ const ISS: &str = "https://cluster.example";
 const AUD: &str = "https://keygate.test";
 const SUB: &str = "system:serviceaccount:shop:web";
 
+/// A child process killed when the test ends, even by a panic.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -117,7 +140,7 @@ health_listen = "127.0.0.1:{health}"
         p
     }
 
-    fn agent(&self, args: &[&str], name: &str) -> Child {
+    fn agent(&self, args: &[&str], name: &str) -> Proc {
         let log = std::fs::File::create(self.env.logs.join(format!("agent-{name}.log"))).unwrap();
         Command::new(BIN)
             .arg("agent")
@@ -126,6 +149,7 @@ health_listen = "127.0.0.1:{health}"
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
+            .map(Proc)
             .unwrap()
     }
 }
@@ -343,6 +367,63 @@ async fn exec_mode_restarts_the_child_with_new_env_and_start_failures_are_clear(
         .status()
         .unwrap();
     assert_eq!(agent.wait().unwrap().code(), Some(0));
+
+    // on_change: a signal to the process in a pid file, and a command
+    let pidfile = w.env.paths.dir.join("app.pid");
+    let hups = w.env.paths.dir.join("hups");
+    let marker_file = w.env.paths.dir.join("changed-marker");
+    let mut app = Proc(
+        Command::new("sh")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {pid}; trap 'echo hup >> {h}' HUP; while true; do sleep 0.05; done",
+                pid = pidfile.display(),
+                h = hups.display()
+            ))
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(5, "the pid file", || !read(&pidfile).is_empty());
+    let hook_cfg = w.agent_config(
+        &w.env.paths.dir.join("hook-out"),
+        free_port(),
+        &format!(
+            r#"
+[[templates]]
+destination = "app.env"
+contents = "{{{{ secret('shop/app') | envfile }}}}"
+on_change = {{ signal = "HUP", pidfile = "{pid}" }}
+
+[[templates]]
+destination = "mode"
+contents = "{{{{ secret('shop/app').mode }}}}"
+on_change = {{ command = ["touch", "{m}"] }}
+"#,
+            pid = pidfile.display(),
+            m = marker_file.display()
+        ),
+    );
+    let mut hook = w.agent(&["--config", hook_cfg.to_str().unwrap()], "hooks");
+    wait_for(10, "first render", || {
+        w.env.paths.dir.join("hook-out/mode").exists()
+    });
+    // the first render at start signals nobody (the app starts after it); a change does
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(&hups), "");
+    assert!(!marker_file.exists());
+    assert!(w
+        .env
+        .cli(&d, &["put", "shop/app", "mode=red"])
+        .status
+        .success());
+    wait_for(3, "HUP after the change", || read(&hups) == "hup\n");
+    wait_for(3, "the on_change command", || marker_file.exists());
+    hook.kill().unwrap();
+    hook.wait().unwrap();
+    app.kill().unwrap();
+    app.wait().unwrap();
 
     // cannot authenticate at start: a clear message, non-zero, nothing run
     std::fs::write(&w.token, "not-a-token").unwrap();

@@ -417,3 +417,18 @@ async fn the_binary_serves_the_webhook_over_https() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_documented_examples_parse() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let c = keygate::injector::server::load(std::path::Path::new(&format!(
+        "{root}/config/injector.toml"
+    )))
+    .unwrap();
+    assert!(c.native_sidecar);
+    let a =
+        AgentConfig::parse(&std::fs::read_to_string(format!("{root}/config/agent.toml")).unwrap())
+            .unwrap();
+    assert_eq!(a.templates.len(), 2);
+    assert_eq!(a.exec.unwrap().env["DB_PASSWORD"], "shop/db#password");
+}
