@@ -159,6 +159,8 @@ const TEMPLATES: &str = r#"
 destination = "db.json"
 contents = "{{ secret('shop/db') | tojson }}"
 mode = "0400"
+uid = 1234
+gid = 2345
 
 [[templates]]
 destination = "password"
@@ -236,6 +238,15 @@ async fn agent_renders_follows_rotation_reconnects_and_keeps_old_files_on_errors
     assert_eq!(mode("db.json"), 0o400);
     assert_eq!(mode("password"), 0o440);
     assert_eq!(mode("app.env"), 0o400);
+    {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(out.join("db.json")).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (1234, 2345),
+            "owner and group as configured"
+        );
+    }
 
     // the long-running agent: a rotation reaches the file within 2 s
     let hp = free_port();
@@ -270,6 +281,21 @@ async fn agent_renders_follows_rotation_reconnects_and_keeps_old_files_on_errors
         .success());
     wait_for(3, "a change after several renewals", || {
         read(&out.join("app.env")) == "MODE=teal\n"
+    });
+
+    // its lease revoked: the stream ends, renewal is refused, the agent exchanges again
+    assert!(w
+        .env
+        .cli(&d, &["admin", "revoke-prefix", "web/"])
+        .status
+        .success());
+    assert!(w
+        .env
+        .cli(&d, &["put", "shop/app", "mode=plum"])
+        .status
+        .success());
+    wait_for(10, "a change after revocation", || {
+        read(&out.join("app.env")) == "MODE=plum\n"
     });
 
     // kill the daemon and restart it: the agent reconnects and resyncs
@@ -316,6 +342,10 @@ async fn agent_renders_follows_rotation_reconnects_and_keeps_old_files_on_errors
         "no renewal in the agent log"
     );
     assert!(alog.contains("watch reconnected; resyncing"));
+    assert!(
+        alog.contains("re-authenticated"),
+        "no re-exchange after revocation"
+    );
     assert_eq!(d.stop(), 0);
     w.env.assert_logs_free_of(&[p1, p2]);
 }
