@@ -261,6 +261,87 @@ enum BenchCommand {
         #[arg(long)]
         reads: bool,
     },
+    /// The crypto floor: what an exchange and a read cannot avoid, per second, 1 and all cores.
+    Floor {
+        /// Time per figure.
+        #[arg(long, default_value = "2s")]
+        duration: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load: TokenExchange.Exchange with a platform token.
+    Exchange(LoadArgs),
+    /// Load: Secrets.Get of a 1 KiB secret with a credential.
+    Read(LoadArgs),
+    /// Load: one exchange per nine reads.
+    Mixed(LoadArgs),
+}
+
+#[derive(Args, Debug)]
+struct LoadArgs {
+    /// An existing daemon (default: start one with durable audit in a temporary directory).
+    #[arg(long)]
+    addr: Option<String>,
+    /// CA of the daemon (with --addr).
+    #[arg(long)]
+    cacert: Option<PathBuf>,
+    /// Role to exchange for (with --addr).
+    #[arg(long)]
+    role: Option<String>,
+    /// File with a platform token the role accepts (with --addr).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Secret the role reads (with --addr).
+    #[arg(long)]
+    path: Option<String>,
+    /// Requests in flight (closed loop), or at most in flight (with --rate).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measured time.
+    #[arg(long, default_value = "10s")]
+    duration: String,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "1s")]
+    warmup: String,
+    /// Open loop: offer this many requests per second (latency from intended start).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Scale runs: extra roles in the started daemon's config.
+    #[arg(long, default_value_t = 0)]
+    roles: usize,
+    /// Scale runs: extra 1 KiB secrets written before measuring.
+    #[arg(long, default_value_t = 0)]
+    secrets: usize,
+    /// Seconds per floor figure measured in the same run.
+    #[arg(long, default_value_t = 1.0)]
+    floor_secs: f64,
+    /// One JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn load_options(
+    scenario: crate::bench::load::Scenario,
+    a: LoadArgs,
+) -> anyhow::Result<crate::bench::LoadOptions> {
+    Ok(crate::bench::LoadOptions {
+        scenario,
+        addr: a.addr,
+        cacert: a.cacert,
+        role: a.role,
+        token_file: a.token_file,
+        path: a.path,
+        concurrency: a.concurrency,
+        duration: crate::bench::duration(&a.duration)
+            .map_err(|e| anyhow::anyhow!("--duration {e}"))?,
+        warmup: crate::bench::duration(&a.warmup).map_err(|e| anyhow::anyhow!("--warmup {e}"))?,
+        rate: a.rate,
+        roles: a.roles,
+        secrets: a.secrets,
+        floor_secs: a.floor_secs,
+        json: a.json,
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -571,6 +652,29 @@ pub async fn run(cli: Cli) -> i32 {
             }
             r
         }
+        Command::Bench {
+            command: BenchCommand::Floor { duration, json },
+        } => crate::bench::duration(&duration)
+            .map_err(|e| anyhow::anyhow!("--duration {e}"))
+            .and_then(|d| crate::bench::run_floor(d, json)),
+        Command::Bench {
+            command: BenchCommand::Exchange(a),
+        } => match load_options(crate::bench::load::Scenario::Exchange, a) {
+            Ok(o) => crate::bench::run_load(o).await,
+            Err(e) => Err(e),
+        },
+        Command::Bench {
+            command: BenchCommand::Read(a),
+        } => match load_options(crate::bench::load::Scenario::Read, a) {
+            Ok(o) => crate::bench::run_load(o).await,
+            Err(e) => Err(e),
+        },
+        Command::Bench {
+            command: BenchCommand::Mixed(a),
+        } => match load_options(crate::bench::load::Scenario::Mixed, a) {
+            Ok(o) => crate::bench::run_load(o).await,
+            Err(e) => Err(e),
+        },
         Command::Audit { command } => match command {
             AuditCommand::Verify { dir, pubkey } => {
                 return crate::audit::cli::verify(&dir, pubkey.as_deref())

@@ -49,9 +49,66 @@ pub struct DbLease {
 }
 
 /// Lease persistence.
+///
+/// New credential leases are written behind: `create` puts them in memory (where `get` finds
+/// them at once) and a background task commits everything pending in one storage transaction
+/// every couple of milliseconds, instead of one transaction (and one log write) per exchange.
+/// Like any lazy write, a lease lost in a crash only invalidates its credential (fail closed).
+/// Every operation that scans or changes stored leases (list, renew, revoke, sweep) first
+/// commits what is pending, under the same lock as the background task, and flushed leases are
+/// written only if absent, so a revocation is never overwritten by an older pending copy.
 pub struct LeaseStore {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
+    pending: Arc<std::sync::Mutex<std::collections::HashMap<String, Lease>>>,
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    wake: Arc<tokio::sync::Notify>,
+    flusher: std::sync::OnceLock<()>,
+}
+
+/// Commits pending leases (each only if absent). Caller holds the flush lock.
+async fn flush_pending_locked(
+    storage: &Arc<dyn Storage>,
+    pending: &std::sync::Mutex<std::collections::HashMap<String, Lease>>,
+) -> Result<(), StorageError> {
+    let snapshot: Vec<Lease> = match pending.lock() {
+        Ok(p) => p.values().cloned().collect(),
+        Err(_) => return Err(StorageError::Backend("lease buffer poisoned".into())),
+    };
+    if snapshot.is_empty() {
+        return Ok(());
+    }
+    let mut txn = Txn::default().lazy();
+    for l in &snapshot {
+        let k = key(&l.lease_id);
+        txn = txn
+            .expect(k.clone(), None)
+            .put(k, serde_json::to_vec(l).map_err(backend)?);
+    }
+    match storage.commit(txn).await {
+        Ok(()) => {}
+        // one already exists (cannot happen with random ids, but never overwrite): one by one
+        Err(StorageError::Conflict) => {
+            for l in &snapshot {
+                let k = key(&l.lease_id);
+                let t = Txn::default()
+                    .lazy()
+                    .expect(k.clone(), None)
+                    .put(k, serde_json::to_vec(l).map_err(backend)?);
+                match storage.commit(t).await {
+                    Ok(()) | Err(StorageError::Conflict) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    if let Ok(mut p) = pending.lock() {
+        for l in &snapshot {
+            p.remove(&l.lease_id);
+        }
+    }
+    Ok(())
 }
 
 /// Notification payload when leases are revoked (seen by open `Watch` streams).
@@ -72,7 +129,44 @@ fn backend(e: serde_json::Error) -> StorageError {
 impl LeaseStore {
     /// Over `storage`.
     pub fn new(storage: Arc<dyn Storage>, clock: Arc<dyn Clock>) -> Self {
-        Self { storage, clock }
+        Self {
+            storage,
+            clock,
+            pending: Arc::default(),
+            flush_lock: Arc::default(),
+            wake: Arc::default(),
+            flusher: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Commits every pending lease now.
+    pub async fn flush_pending(&self) -> Result<(), StorageError> {
+        let _g = self.flush_lock.lock().await;
+        flush_pending_locked(&self.storage, &self.pending).await
+    }
+
+    fn start_flusher(&self) {
+        self.flusher.get_or_init(|| {
+            let (storage, pending, lock, wake) = (
+                self.storage.clone(),
+                self.pending.clone(),
+                self.flush_lock.clone(),
+                self.wake.clone(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    wake.notified().await;
+                    // let a batch gather
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    let _g = lock.lock().await;
+                    if let Err(e) = flush_pending_locked(&storage, &pending).await {
+                        tracing::error!(error = %e, "writing new leases failed; retrying");
+                        wake.notify_one();
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            });
+        });
     }
 
     /// A new unique lease id for a role and subject.
@@ -82,20 +176,32 @@ impl LeaseStore {
         format!("{role}/{sub}/{}", hex::encode(r))
     }
 
-    /// Stores a new lease.
+    /// Stores a new credential lease. Lazy (not flushed before `Ok`): a lease lost in a crash
+    /// only makes its credential invalid (fail closed), and an fsync per exchange would cap
+    /// exchanges at the disk's sync rate. Database-user leases stay durable (a lost one would
+    /// leave a user nobody drops).
     pub async fn create(&self, lease: &Lease) -> Result<(), StorageError> {
+        if lease.db.is_none() {
+            self.start_flusher();
+            self.pending
+                .lock()
+                .map_err(|_| StorageError::Backend("lease buffer poisoned".into()))?
+                .insert(lease.lease_id.clone(), lease.clone());
+            self.wake.notify_one();
+            return Ok(());
+        }
         let k = key(&lease.lease_id);
-        self.storage
-            .commit(
-                Txn::default()
-                    .expect(k.clone(), None)
-                    .put(k, serde_json::to_vec(lease).map_err(backend)?),
-            )
-            .await
+        let txn = Txn::default()
+            .expect(k.clone(), None)
+            .put(k, serde_json::to_vec(lease).map_err(backend)?);
+        self.storage.commit(txn).await
     }
 
     /// One lease.
     pub async fn get(&self, id: &str) -> Result<Option<Lease>, StorageError> {
+        if let Some(l) = self.pending.lock().ok().and_then(|p| p.get(id).cloned()) {
+            return Ok(Some(l));
+        }
         match self.storage.get(&key(id)).await? {
             Some(raw) => Ok(Some(serde_json::from_slice(&raw).map_err(backend)?)),
             None => Ok(None),
@@ -109,6 +215,7 @@ impl LeaseStore {
         id: &str,
         change: impl Fn(&mut Lease) -> bool,
     ) -> Result<Option<Lease>, StorageError> {
+        self.flush_pending().await?;
         for _ in 0..16 {
             let Some(raw) = self.storage.get(&key(id)).await? else {
                 return Ok(None);
@@ -131,6 +238,7 @@ impl LeaseStore {
 
     /// Leases whose id starts with `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<Lease>, StorageError> {
+        self.flush_pending().await?;
         self.storage
             .scan_prefix(&key(prefix))
             .await?
@@ -142,6 +250,7 @@ impl LeaseStore {
     /// Moves `expires_at` to now + `increment`, capped at `max_expires_at`. `None` if the lease
     /// is missing, revoked or expired.
     pub async fn renew(&self, id: &str, increment: u64) -> Result<Option<Lease>, StorageError> {
+        self.flush_pending().await?;
         for _ in 0..16 {
             let Some(raw) = self.storage.get(&key(id)).await? else {
                 return Ok(None);
@@ -171,6 +280,7 @@ impl LeaseStore {
         exact: bool,
     ) -> Result<Vec<String>, StorageError> {
         let now = self.clock.now_millis() / 1000;
+        self.flush_pending().await?;
         let mut done = Vec::new();
         let rows = if exact {
             self.storage
@@ -205,6 +315,7 @@ impl LeaseStore {
 
     /// Deletes leases past their hard expiry by more than `grace` seconds.
     pub async fn sweep(&self, grace: u64) -> Result<usize, StorageError> {
+        self.flush_pending().await?;
         let now = self.clock.now_millis() / 1000;
         let mut n = 0;
         for (k, raw) in self.storage.scan_prefix(b"l/").await? {
@@ -222,5 +333,55 @@ impl LeaseStore {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::storage::SledStorage;
+
+    fn lease(id: &str, now: u64) -> Lease {
+        Lease {
+            lease_id: id.into(),
+            role: "r".into(),
+            sub: "s".into(),
+            scopes: vec![],
+            src: serde_json::json!({}),
+            issued_at: now,
+            expires_at: now + 60,
+            max_expires_at: now + 60,
+            revoked_at: None,
+            db: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn written_behind_leases_are_readable_at_once_and_revocation_is_never_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(dir.path()).unwrap());
+        let clock = Arc::new(FixedClock::at(1_800_000_000_000));
+        let now = 1_800_000_000;
+        let s = LeaseStore::new(storage.clone(), clock);
+        for i in 0..200 {
+            s.create(&lease(&format!("r/s/{i}"), now)).await.unwrap();
+            // readable before any flush
+            assert!(s.get(&format!("r/s/{i}")).await.unwrap().is_some());
+        }
+        // revoke races the background writer: the revocation must stick
+        let done = s.revoke_prefix("r/s/1", false).await.unwrap();
+        assert_eq!(done.len(), 111, "r/s/1, r/s/10-19, r/s/100-199");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.flush_pending().await.unwrap();
+        for id in done {
+            assert!(
+                s.get(&id).await.unwrap().unwrap().revoked_at.is_some(),
+                "{id} un-revoked"
+            );
+        }
+        // all 200 reached storage (a fresh store over the same storage sees them)
+        let fresh = LeaseStore::new(storage, Arc::new(FixedClock::at(1_800_000_000_000)));
+        assert_eq!(fresh.list("r/s/").await.unwrap().len(), 200);
     }
 }

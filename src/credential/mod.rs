@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use lease::{Lease, LeaseStore};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::RwLock;
 
@@ -76,6 +76,10 @@ struct SigningKey {
     kid: String,
     created: u64,
     encoding: EncodingKey,
+    /// The parsed key: signing with it skips re-parsing PKCS#8 per credential.
+    pair: Ed25519KeyPair,
+    /// `base64url({"typ":"JWT","alg":"EdDSA","kid":…})`, the same for every credential.
+    header_b64: String,
     decoding: DecodingKey,
     x: String,
 }
@@ -109,7 +113,16 @@ pub struct Credentials {
     /// Last reload forced by an unknown `kid` (at most one per 5 s, so forged kids cannot
     /// turn into a store read per request).
     last_kid_reload: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Credentials whose signature, issuer and audience were verified, by SHA-256 of the token.
+    /// Expiry and the lease (revocation) are still checked on every call.
+    verified: std::sync::Mutex<VerifiedCache>,
 }
+
+/// Token hash → (signing kid, verified credential).
+type VerifiedCache = HashMap<[u8; 32], (String, Arc<Authenticated>)>;
+
+/// Verified credentials remembered (the cache is emptied when full).
+const VERIFIED_CACHE: usize = 16_384;
 
 fn new_key(now: u64) -> Result<(String, SecretBytes), CredentialError> {
     let rng = aws_lc_rs::rand::SystemRandom::new();
@@ -144,6 +157,11 @@ fn load_keys(
                 .or_else(|| kid.split('-').next().and_then(|c| c.parse().ok()))
                 .unwrap_or(0),
             encoding: EncodingKey::from_ed_der(pkcs8.expose()),
+            header_b64: B64URL.encode(
+                serde_json::to_vec(&serde_json::json!({"typ": "JWT", "alg": "EdDSA", "kid": kid}))
+                    .map_err(|e| CredentialError::Store(e.to_string()))?,
+            ),
+            pair,
             decoding,
             x,
         });
@@ -176,6 +194,7 @@ impl Credentials {
                 version: 0,
             })),
             last_kid_reload: std::sync::Mutex::new(None),
+            verified: std::sync::Mutex::new(HashMap::new()),
         };
         c.reload().await?;
         c.rotate_if_due().await?;
@@ -385,18 +404,80 @@ impl Credentials {
             scope: lease.scopes.join(" "),
             src: lease.src.clone(),
         };
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(key.kid.clone());
-        header.typ = Some("JWT".into());
-        jsonwebtoken::encode(&header, &claims, &key.encoding)
-            .map_err(|e| CredentialError::Store(e.to_string()))
+        // the JWS compact form by hand with the already-parsed key (what jsonwebtoken::encode
+        // does, minus parsing the PKCS#8 document on every call)
+        let body =
+            serde_json::to_vec(&claims).map_err(|e| CredentialError::Store(e.to_string()))?;
+        let mut out = String::with_capacity(key.header_b64.len() + body.len() * 4 / 3 + 90);
+        out.push_str(&key.header_b64);
+        out.push('.');
+        B64URL.encode_string(&body, &mut out);
+        let sig = key.pair.sign(out.as_bytes());
+        out.push('.');
+        B64URL.encode_string(sig.as_ref(), &mut out);
+        Ok(out)
     }
 
-    /// Checks a presented credential: signature, issuer, audience, expiry, and its lease.
+    /// Checks a presented credential: signature, issuer, audience, expiry, and its lease. The
+    /// signature check is remembered per token; expiry and the lease are checked every time.
     pub async fn authenticate(&self, token: &str) -> Result<Authenticated, CredentialError> {
         if token.len() > crate::identity::MAX_TOKEN_BYTES {
             return Err(CredentialError::Invalid("too large".into()));
         }
+        let mut h = [0u8; 32];
+        h.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        let cached = self.verified.lock().ok().and_then(|m| m.get(&h).cloned());
+        // a remembered verification holds only while its signing key is still published
+        let cached = match cached {
+            Some((kid, a)) if self.has_kid(&kid).await => Some(a),
+            _ => None,
+        };
+        let auth = match cached {
+            Some(a) => a,
+            None => {
+                let kid = jsonwebtoken::decode_header(token)
+                    .ok()
+                    .and_then(|h| h.kid)
+                    .unwrap_or_default();
+                let a = Arc::new(self.verify_signature(token).await?);
+                if let Ok(mut m) = self.verified.lock() {
+                    if m.len() >= VERIFIED_CACHE {
+                        m.clear();
+                    }
+                    m.insert(h, (kid, a.clone()));
+                }
+                a
+            }
+        };
+        self.check_live(&auth).await?;
+        Ok((*auth).clone())
+    }
+
+    /// Expiry and lease: on every call.
+    async fn check_live(&self, a: &Authenticated) -> Result<(), CredentialError> {
+        let now = self.now();
+        if now >= a.claims.exp {
+            return Err(CredentialError::Expired);
+        }
+        let lease = self
+            .leases
+            .get(&a.claims.lease_id)
+            .await
+            .map_err(|e| CredentialError::Store(e.to_string()))?
+            .ok_or(CredentialError::Revoked)?;
+        if lease.revoked_at.is_some() {
+            return Err(CredentialError::Revoked);
+        }
+        if now >= lease.expires_at {
+            return Err(CredentialError::Expired);
+        }
+        Ok(())
+    }
+
+    /// Signature, issuer and audience (cacheable: they never change for a token).
+    async fn verify_signature(&self, token: &str) -> Result<Authenticated, CredentialError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| CredentialError::Invalid(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
@@ -432,28 +513,16 @@ impl Credentials {
         if c.iss != self.url || c.aud != self.audience {
             return Err(CredentialError::Invalid("issuer or audience".into()));
         }
-        let now = self.now();
-        if now >= c.exp {
-            return Err(CredentialError::Expired);
-        }
-        let lease = self
-            .leases
-            .get(&c.lease_id)
-            .await
-            .map_err(|e| CredentialError::Store(e.to_string()))?
-            .ok_or(CredentialError::Revoked)?;
-        if lease.revoked_at.is_some() {
-            return Err(CredentialError::Revoked);
-        }
-        if now >= lease.expires_at {
-            return Err(CredentialError::Expired);
-        }
         let scopes = c
             .scope
             .split_whitespace()
             .filter_map(|s| Scope::parse(s).ok())
             .collect();
         Ok(Authenticated { claims: c, scopes })
+    }
+
+    async fn has_kid(&self, kid: &str) -> bool {
+        self.keys.read().await.keys.iter().any(|k| k.kid == kid)
     }
 
     async fn find(&self, kid: &str) -> Option<DecodingKey> {

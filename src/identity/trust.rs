@@ -1,6 +1,9 @@
 //! The identity half of the running config: verifier and roles, swapped whole on reload.
+//! Roles are indexed by name (an exchange names its role) and by issuer (Explain), so the cost
+//! of a decision does not grow with the number of roles configured.
 use super::{Verified, Verifier, VerifyError};
 use crate::policy::Role;
+use std::collections::HashMap;
 
 /// Issuers' verifier plus the roles bound to them.
 pub struct Trust {
@@ -8,6 +11,8 @@ pub struct Trust {
     pub verifier: Verifier,
     /// Roles by config order.
     pub roles: Vec<Role>,
+    by_name: HashMap<String, usize>,
+    by_issuer: HashMap<String, Vec<usize>>,
 }
 
 /// The outcome of matching a verified token against one role.
@@ -19,17 +24,39 @@ pub struct RoleDecision<'a> {
 }
 
 impl Trust {
+    /// The verifier and roles, indexed.
+    pub fn new(verifier: Verifier, roles: Vec<Role>) -> Self {
+        let mut by_name = HashMap::with_capacity(roles.len());
+        let mut by_issuer: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, r) in roles.iter().enumerate() {
+            by_name.insert(r.name.clone(), i);
+            by_issuer.entry(r.issuer.clone()).or_default().push(i);
+        }
+        Self {
+            verifier,
+            roles,
+            by_name,
+            by_issuer,
+        }
+    }
+
     /// A role by name.
     pub fn role(&self, name: &str) -> Option<&Role> {
-        self.roles.iter().find(|r| r.name == name)
+        self.by_name.get(name).and_then(|i| self.roles.get(*i))
     }
 
     /// Matches `v` against the roles of its issuer (or only `only`).
     pub fn decide<'a>(&'a self, v: &Verified, only: Option<&str>) -> Vec<RoleDecision<'a>> {
-        self.roles
-            .iter()
-            .filter(|r| only.is_none_or(|o| r.name == o))
-            .filter(|r| only.is_some() || r.issuer == v.issuer.name)
+        let candidates: Vec<&Role> = match only {
+            Some(o) => self.role(o).into_iter().collect(),
+            None => self
+                .by_issuer
+                .get(&v.issuer.name)
+                .map(|ix| ix.iter().filter_map(|i| self.roles.get(*i)).collect())
+                .unwrap_or_default(),
+        };
+        candidates
+            .into_iter()
             .map(|role| RoleDecision {
                 role,
                 result: role

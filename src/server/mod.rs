@@ -64,10 +64,7 @@ fn build_trust(
         clock,
         storage,
     )?;
-    Ok(Trust {
-        verifier,
-        roles: id.roles.clone(),
-    })
+    Ok(Trust::new(verifier, id.roles.clone()))
 }
 
 impl ConfigReload for Reloader {
@@ -171,6 +168,7 @@ pub struct Daemon {
     reload: Arc<Reloader>,
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
+    credentials: Arc<Credentials>,
     sweeper: JoinHandle<()>,
     scheduler: JoinHandle<()>,
     audit: Arc<crate::audit::writer::AuditWriter>,
@@ -487,6 +485,7 @@ impl Daemon {
             reload,
             grace: config.server.shutdown_grace,
             housekeeping,
+            credentials,
             sweeper,
             scheduler,
             audit,
@@ -544,6 +543,10 @@ impl Daemon {
         self.housekeeping.abort();
         self.sweeper.abort();
         self.scheduler.abort();
+        // leases written behind: commit them before the final flush
+        if let Err(e) = self.credentials.leases.flush_pending().await {
+            tracing::error!(error = %e, "pending leases not written");
+        }
         // the final signed checkpoint
         self.audit.close().await;
         self.store

@@ -6,7 +6,10 @@
 //! Contract every implementation keeps:
 //! - `commit` is atomic (all writes or none) and applies only if every condition holds at commit
 //!   time; otherwise it returns [`StorageError::Conflict`] and changes nothing.
-//! - `commit` returns `Ok` only once the writes are durable (survive a kill -9).
+//! - `commit` returns `Ok` only once the writes are durable (survive a kill -9) — unless the
+//!   transaction is marked [`Txn::lazy`]: then it is durable within the backend's flush interval
+//!   (sled: 500 ms). Lazy is only for writes whose loss in a crash fails closed (a new lease:
+//!   losing it only invalidates the credential that names it).
 //! - After a successful commit, its `notify` payload is delivered to every subscriber; a failed
 //!   commit delivers nothing.
 //! - `scan_prefix` returns keys in ascending byte order.
@@ -38,6 +41,8 @@ pub struct Txn {
     pub writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// Delivered to subscribers once the commit is durable.
     pub notify: Option<Vec<u8>>,
+    /// Acknowledge before the writes are flushed (see the module docs).
+    pub lazy: bool,
 }
 
 impl Txn {
@@ -61,11 +66,18 @@ impl Txn {
 
     /// Adds `other`'s conditions and writes (after this one's) so both commit as one.
     pub fn merge(mut self, other: Txn) -> Self {
+        self.lazy &= other.lazy;
         self.conditions.extend(other.conditions);
         self.writes.extend(other.writes);
         if other.notify.is_some() {
             self.notify = other.notify;
         }
+        self
+    }
+
+    /// Acknowledges before flushing: only for writes whose loss in a crash fails closed.
+    pub fn lazy(mut self) -> Self {
+        self.lazy = true;
         self
     }
 

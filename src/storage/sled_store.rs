@@ -24,6 +24,7 @@ impl SledStorage {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(Some(500))
             .open()
             .map_err(|e| StorageError::Backend(format!("opening {}: {e}", dir.display())))?;
         let (events, _) = broadcast::channel(1024);
@@ -73,8 +74,10 @@ impl Storage for SledStorage {
             Err(TransactionError::Abort(())) => return Err(StorageError::Conflict),
             Err(TransactionError::Storage(e)) => return Err(backend(e)),
         }
-        // Acknowledge only what survives a crash.
-        self.flush().await?;
+        // Acknowledge only what survives a crash (lazy writes: sled's own flusher, 500 ms).
+        if !txn.lazy {
+            self.flush().await?;
+        }
         if let Some(payload) = txn.notify {
             // No subscribers is not an error.
             let _ = self.events.send(payload);
