@@ -25,6 +25,8 @@ impl SledStorage {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(Some(500))
+            // sled's default page cache is 1 GiB; keygate's working set is small
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|e| StorageError::Backend(format!("opening {}: {e}", dir.display())))?;
         let (events, _) = broadcast::channel(1024);
