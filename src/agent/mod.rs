@@ -121,29 +121,17 @@ impl Agent {
     /// Fetches `paths` into the cache.
     async fn fetch(&self, paths: &BTreeSet<String>) -> anyhow::Result<()> {
         let cred = self.credential().await;
-        let gets = paths.iter().map(|p| {
-            let ch = authed(&self.ch, &cred);
-            let path = p.clone();
-            async move {
-                let mut c = pb::secrets_client::SecretsClient::new(ch?);
-                let r = c
-                    .get(pb::GetSecretRequest {
-                        path: path.clone(),
-                        version: 0,
-                        previous: false,
-                    })
-                    .await
-                    .map_err(|s| anyhow!("secret {path}: {}", crate::cli::client::status_error(s)))?
-                    .into_inner();
-                let fields: BTreeMap<String, String> = r
-                    .fields
+        let ch = authed(&self.ch, &cred)?;
+        let got = crate::cli::run::fetch_all(&ch, paths.iter().map(String::as_str))
+            .await?
+            .into_iter()
+            .map(|(p, f)| {
+                let fields: BTreeMap<String, String> = f
                     .into_iter()
                     .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
                     .collect();
-                Ok::<_, anyhow::Error>((path, fields))
-            }
-        });
-        let got = futures::future::try_join_all(gets).await?;
+                (p, fields)
+            });
         let mut guard = self
             .secrets
             .lock()

@@ -75,19 +75,13 @@ pub fn env_suffix(field: &str) -> String {
         .collect()
 }
 
-/// Fetches every path of `plan` (concurrently, one connection) and resolves the variables.
-/// A missing secret or field is an error naming it.
-pub async fn resolve(
-    ch: tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
-    plan: &Plan,
-) -> anyhow::Result<BTreeMap<String, Zeroizing<Vec<u8>>>> {
-    let paths: BTreeSet<&str> = plan
-        .vars
-        .iter()
-        .map(|(_, p, _)| p.as_str())
-        .chain(plan.prefixes.iter().map(|(p, _)| p.as_str()))
-        .collect();
-    let gets = paths.iter().map(|p| {
+/// Reads the current version of every path concurrently over one channel: path → fields.
+/// The first failure is the error, naming its path.
+pub async fn fetch_all<'a>(
+    ch: &tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
+    paths: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<BTreeMap<String, std::collections::HashMap<String, Vec<u8>>>> {
+    let gets = paths.map(|p| {
         let mut c = pb::secrets_client::SecretsClient::new(ch.clone());
         let path = p.to_string();
         async move {
@@ -103,11 +97,25 @@ pub async fn resolve(
             Ok::<_, anyhow::Error>((path, r.fields))
         }
     });
-    let fetched: BTreeMap<String, std::collections::HashMap<String, Vec<u8>>> =
-        futures::future::try_join_all(gets)
-            .await?
-            .into_iter()
-            .collect();
+    Ok(futures::future::try_join_all(gets)
+        .await?
+        .into_iter()
+        .collect())
+}
+
+/// Fetches every path of `plan` (concurrently, one connection) and resolves the variables.
+/// A missing secret or field is an error naming it.
+pub async fn resolve(
+    ch: tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
+    plan: &Plan,
+) -> anyhow::Result<BTreeMap<String, Zeroizing<Vec<u8>>>> {
+    let paths: BTreeSet<&str> = plan
+        .vars
+        .iter()
+        .map(|(_, p, _)| p.as_str())
+        .chain(plan.prefixes.iter().map(|(p, _)| p.as_str()))
+        .collect();
+    let fetched = fetch_all(&ch, paths.iter().copied()).await?;
     let mut out = BTreeMap::new();
     for (name, path, field) in &plan.vars {
         let v = fetched

@@ -795,6 +795,32 @@ impl Rotator {
         })
     }
 
+    /// A rollback that cannot proceed: the rotation stays where it is, visible with the reason,
+    /// and is retried in a minute.
+    async fn stuck(
+        &self,
+        p: &Policy,
+        raw: Option<Vec<u8>>,
+        st: RotationState,
+        message: String,
+    ) -> Result<RotationState, RotationError> {
+        let new = RotationState {
+            last_error: Some(message.clone()),
+            retry_at: Some(self.now() + 60_000),
+            ..st
+        };
+        let _ = self
+            .store
+            .storage()
+            .commit(state::txn(&p.path, raw, &new)?)
+            .await;
+        Err(RotationError::Step {
+            path: p.path.clone(),
+            step: "rollback",
+            message,
+        })
+    }
+
     /// Undoes a rotation: restores a changed database password, discards the pending version.
     async fn rollback(
         &self,
@@ -808,21 +834,7 @@ impl Rotator {
             let cur = self.store.get(&p.path, 0).await.ok().map(|v| v.fields);
             if let Err(e) = k.restore(cur.as_ref()).await {
                 let m = format!("rollback could not restore the current key: {e}");
-                let new = RotationState {
-                    last_error: Some(m.clone()),
-                    retry_at: Some(self.now() + 60_000),
-                    ..st
-                };
-                let _ = self
-                    .store
-                    .storage()
-                    .commit(state::txn(&p.path, raw, &new)?)
-                    .await;
-                return Err(RotationError::Step {
-                    path: p.path.clone(),
-                    step: "rollback",
-                    message: m,
-                });
+                return self.stuck(p, raw, st, m).await;
             }
         }
         if let (Some(pg), Step::Set | Step::Tested | Step::Pending) = (&p.postgres, st.step) {
@@ -832,21 +844,7 @@ impl Rotator {
                     if let Ok((user, pw)) = pg_fields(&cur.fields) {
                         if let Err(e) = self.databases.set_password(&pg.database, &user, pw).await {
                             let m = format!("rollback could not restore the password: {e}");
-                            let new = RotationState {
-                                last_error: Some(m.clone()),
-                                retry_at: Some(self.now() + 60_000),
-                                ..st
-                            };
-                            let _ = self
-                                .store
-                                .storage()
-                                .commit(state::txn(&p.path, raw, &new)?)
-                                .await;
-                            return Err(RotationError::Step {
-                                path: p.path.clone(),
-                                step: "rollback",
-                                message: m,
-                            });
+                            return self.stuck(p, raw, st, m).await;
                         }
                     }
                 }
