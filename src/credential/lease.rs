@@ -66,6 +66,10 @@ pub struct LeaseStore {
     flusher: std::sync::OnceLock<()>,
 }
 
+/// New leases held in memory at most (then exchanges fail with UNAVAILABLE until the store
+/// catches up).
+const MAX_PENDING: usize = 50_000;
+
 /// Commits pending leases (each only if absent). Caller holds the flush lock.
 async fn flush_pending_locked(
     storage: &Arc<dyn Storage>,
@@ -183,10 +187,20 @@ impl LeaseStore {
     pub async fn create(&self, lease: &Lease) -> Result<(), StorageError> {
         if lease.db.is_none() {
             self.start_flusher();
-            self.pending
-                .lock()
-                .map_err(|_| StorageError::Backend("lease buffer poisoned".into()))?
-                .insert(lease.lease_id.clone(), lease.clone());
+            {
+                let mut p = self
+                    .pending
+                    .lock()
+                    .map_err(|_| StorageError::Backend("lease buffer poisoned".into()))?;
+                // the store is not keeping up (or failing): refuse rather than hold credentials
+                // that exist only in memory without bound
+                if p.len() >= MAX_PENDING {
+                    return Err(StorageError::Backend(
+                        "lease writes are falling behind the store".into(),
+                    ));
+                }
+                p.insert(lease.lease_id.clone(), lease.clone());
+            }
             self.wake.notify_one();
             return Ok(());
         }
