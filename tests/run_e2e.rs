@@ -235,6 +235,17 @@ async fn run_injects_masks_and_hands_over_the_process() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"));
+    // outside GitHub Actions: --role without a platform token is named as such
+    let out = run_cmd(
+        &w,
+        &["--role", "ci", "--env", "P=ci/db#password", "--", "true"],
+    )
+    .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
+    .env_remove("GITHUB_ACTIONS")
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a platform token"));
     // outside GitHub Actions: no identity is a clear error; KEYGATE_TOKEN is used as is
     let out = run_cmd(
         &w,

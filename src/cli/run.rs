@@ -242,7 +242,13 @@ async fn prepare(
                 "a platform token is available: name the role to exchange it for with --role"
             ))
         }
-        (None, _) => conn
+        (None, Some(role)) => {
+            return Err(anyhow!(
+                "--role {role} needs a platform token to exchange: run in GitHub Actions, or pass \
+                 --token-file/--token-env (or drop --role and set KEYGATE_TOKEN to a credential)"
+            ))
+        }
+        (None, None) => conn
             .credential
             .clone()
             .filter(|t| !t.trim().is_empty())
