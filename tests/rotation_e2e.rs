@@ -547,3 +547,39 @@ async fn keygates_own_keys_rotate_through_the_state_machine() {
     assert_eq!(d.stop(), 0);
     assert!(verify_audit(&env).contains("2 checkpoint-key rotation(s)"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_added_to_the_config_apply_on_reload() {
+    let env = TestEnv::new();
+    let d = env.start();
+    let ch = env.admin_channel(&d).await;
+    env.append_config(DEMO);
+    d.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("config reloaded") {
+        assert!(Instant::now() < deadline, "no reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // the new policy is scheduled and, the secret being new, rotated in at once
+    let s = settled(&ch, "demo/rotating", 1).await;
+    assert_eq!(s.source, "config");
+    assert_eq!(s.current_version, 1);
+    // a broken policy is refused; the running one stays
+    let cfg = std::fs::read_to_string(&env.paths.config).unwrap();
+    std::fs::write(
+        &env.paths.config,
+        cfg.replace("every = \"1h\"", "every = \"1h\"\ncron = \"0 3 * * *\""),
+    )
+    .unwrap();
+    d.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log_text().contains("config reload refused") {
+        assert!(Instant::now() < deadline, "bad config not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status(&ch, "demo/rotating").await.schedule,
+        "every 1h, overlap 600s"
+    );
+    assert_eq!(d.stop(), 0);
+}
