@@ -146,6 +146,16 @@ scopes = ["read:x/*"]
         );
     }
 
+    // --env prints PGUSER/PGPASSWORD lines for an env file
+    let out = env.cli(&d, &["db-creds", "ro", "--env"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let kv: std::collections::HashMap<&str, &str> =
+        text.lines().filter_map(|l| l.split_once('=')).collect();
+    let env_user = kv["PGUSER"].to_string();
+    assert!(pg::password_matches(&admin, &env_user, kv["PGPASSWORD"]).await);
+    assert_eq!(kv["KEYGATE_DB_LEASE_ID"], format!("db:ro/{env_user}"));
+
     // a second user is another role: names are unique
     let other = generate(&ch, "ro", 0).await.unwrap();
     assert_ne!(other.username, user);
@@ -220,7 +230,7 @@ scopes = ["read:x/*"]
     let b = generate(&ch, "ro", 0).await.unwrap();
     let out = env.cli(&d, &["admin", "revoke-prefix", "db:ro/"]);
     assert!(out.status.success());
-    for x in [&a.username, &b.username, &other.username] {
+    for x in [&a.username, &b.username, &other.username, &env_user] {
         assert!(
             !pg::role_exists(&admin, x).await,
             "{x} survived revoke-prefix"
