@@ -132,16 +132,6 @@ impl AuditKeys {
             .nth(i)
             .ok_or_else(|| "no usable audit checkpoint key".to_string())
     }
-
-    /// A second handle on the signing key, for the writer thread.
-    pub fn signer(&self) -> Result<Ed25519KeyPair, String> {
-        Ed25519KeyPair::from_pkcs8(&self.pkcs8).map_err(|_| "audit signing key".to_string())
-    }
-
-    /// The public key (base64), as published in `audit.pub` and via `Admin`.
-    pub fn public_key_b64(&self) -> String {
-        B64.encode(self.signing.public_key().as_ref())
-    }
 }
 
 /// `hmac-sha256:<hex>` of a value under the audit HMAC key: how records refer to tokens and

@@ -118,7 +118,12 @@ pub struct Rotator {
     running: Mutex<HashSet<String>>,
     crash_after: Option<String>,
     system: RwLock<Vec<Arc<dyn SystemKey>>>,
+    /// API policies as stored → as checked.
+    api_parsed: Mutex<ApiPolicies>,
 }
+
+/// Stored key → (stored bytes, the checked policy or `None` if it no longer checks).
+type ApiPolicies = std::collections::HashMap<Vec<u8>, (Vec<u8>, Option<Policy>)>;
 
 /// Releases a path's in-process run marker.
 struct Running<'a>(&'a Mutex<HashSet<String>>, String);
@@ -162,6 +167,7 @@ impl Rotator {
             running: Mutex::new(HashSet::new()),
             crash_after: crash_point(),
             system: RwLock::new(Vec::new()),
+            api_parsed: Mutex::new(Default::default()),
         }
     }
 
@@ -219,17 +225,33 @@ impl Rotator {
             Ok(c) => c.as_ref().clone(),
             Err(p) => p.into_inner().as_ref().clone(),
         };
-        for (_, v) in self.store.storage().scan_prefix(b"rp/").await? {
-            let Ok(raw) = serde_json::from_slice::<RawRotation>(&v) else {
-                continue;
+        let stored = self.store.storage().scan_prefix(b"rp/").await?;
+        let mut parsed = self
+            .api_parsed
+            .lock()
+            .map_err(|_| RotationError::Invalid("policy cache poisoned".into()))?;
+        let mut seen = HashSet::new();
+        for (k, v) in stored {
+            seen.insert(k.clone());
+            // parse and check a stored policy once, not on every scheduler pass
+            let p = match parsed.get(&k) {
+                Some((bytes, p)) if *bytes == v => p.clone(),
+                _ => {
+                    let p = serde_json::from_slice::<RawRotation>(&v)
+                        .ok()
+                        .and_then(|raw| check(&raw, "api").ok());
+                    parsed.insert(k, (v, p.clone()));
+                    p
+                }
             };
-            if out.iter().any(|p| p.path == raw.path) {
-                continue;
-            }
-            if let Ok(p) = check(&raw, "api") {
-                out.push(p);
+            if let Some(p) = p {
+                if !out.iter().any(|c| c.path == p.path) {
+                    out.push(p);
+                }
             }
         }
+        parsed.retain(|k, _| seen.contains(k));
+        drop(parsed);
         out.extend(self.system_policies());
         Ok(out)
     }

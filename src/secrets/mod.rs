@@ -290,37 +290,15 @@ impl SecretStore {
             if let Some(c) = &opts.custom_metadata {
                 meta.custom_metadata = c.clone();
             }
-            meta.versions.insert(
-                version,
-                VersionMeta {
-                    created_at: now,
-                    deleted_at: None,
-                    destroyed: false,
-                },
-            );
-            let mut evs = vec![ChangeEvent {
+            let created = ChangeEvent {
                 path: path.to_string(),
                 version,
                 kind: ChangeKind::Created,
                 at: now,
-            }];
-            let mut txn = Txn::default().expect(meta_key(path), raw);
-            for oldest in meta.prune() {
-                txn = txn.delete(version_key(path, oldest));
-                evs.push(ChangeEvent {
-                    path: path.to_string(),
-                    version: oldest,
-                    kind: ChangeKind::Pruned,
-                    at: now,
-                });
-            }
-            let ring = self.keyring.read().await;
-            let record = envelope::seal_version(&ring, path, version, fields)
-                .map_err(|e| map_envelope(path, version, e))?;
-            let txn = txn
-                .put(meta_key(path), encode(&meta)?)
-                .put(version_key(path, version), encode(&record)?)
-                .notify(events(&evs)?);
+            };
+            let (txn, _ring) = self
+                .version_txn(path, raw, &mut meta, version, fields, now, vec![created])
+                .await?;
             match self.storage.commit(txn).await {
                 Ok(()) => return Ok((version, meta)),
                 Err(StorageError::Conflict) => continue,
@@ -328,6 +306,50 @@ impl SecretStore {
             }
         }
         Err(SecretsError::Contention(path.to_string()))
+    }
+
+    /// The writes of a new `version` (already chosen and set in `meta`): its record sealed, the
+    /// oldest versions pruned, the metadata, and `evs` plus the prunes as the notification. The
+    /// returned keyring guard must be held until the commit (KEK rotation waits for it).
+    #[allow(clippy::too_many_arguments)]
+    async fn version_txn(
+        &self,
+        path: &str,
+        raw: Option<Vec<u8>>,
+        meta: &mut SecretMeta,
+        version: u64,
+        fields: &SecretFields,
+        now: u64,
+        mut evs: Vec<ChangeEvent>,
+    ) -> Result<(Txn, tokio::sync::RwLockReadGuard<'_, Arc<Keyring>>), SecretsError> {
+        meta.versions.insert(
+            version,
+            VersionMeta {
+                created_at: now,
+                deleted_at: None,
+                destroyed: false,
+            },
+        );
+        let mut txn = Txn::default().expect(meta_key(path), raw);
+        for oldest in meta.prune() {
+            txn = txn.delete(version_key(path, oldest));
+            evs.push(ChangeEvent {
+                path: path.to_string(),
+                version: oldest,
+                kind: ChangeKind::Pruned,
+                at: now,
+            });
+        }
+        let ring = self.keyring.read().await;
+        let record = envelope::seal_version(&ring, path, version, fields)
+            .map_err(|e| map_envelope(path, version, e))?;
+        let mut txn = txn
+            .put(meta_key(path), encode(&*meta)?)
+            .put(version_key(path, version), encode(&record)?);
+        if !evs.is_empty() {
+            txn = txn.notify(events(&evs)?);
+        }
+        Ok((txn, ring))
     }
 
     /// Reads `version` of `path` (0 = current). A pending version is not readable.
@@ -584,36 +606,11 @@ impl SecretStore {
         }
         let version = meta.next_version();
         meta.pending_version = Some(version);
-        meta.versions.insert(
-            version,
-            VersionMeta {
-                created_at: now,
-                deleted_at: None,
-                destroyed: false,
-            },
-        );
-        let mut txn = Txn::default().expect(meta_key(path), raw);
-        let mut evs = Vec::new();
-        for oldest in meta.prune() {
-            txn = txn.delete(version_key(path, oldest));
-            evs.push(ChangeEvent {
-                path: path.to_string(),
-                version: oldest,
-                kind: ChangeKind::Pruned,
-                at: now,
-            });
-        }
-        let ring = self.keyring.read().await;
-        let record = envelope::seal_version(&ring, path, version, fields)
-            .map_err(|e| map_envelope(path, version, e))?;
-        let mut txn = txn
-            .put(meta_key(path), encode(&meta)?)
-            .put(version_key(path, version), encode(&record)?)
-            .merge(with);
-        if !evs.is_empty() {
-            txn = txn.notify(events(&evs)?);
-        }
-        self.storage.commit(txn).await?;
+        // no Created event: watchers hear of the version when it becomes current
+        let (txn, _ring) = self
+            .version_txn(path, raw, &mut meta, version, fields, now, Vec::new())
+            .await?;
+        self.storage.commit(txn.merge(with)).await?;
         Ok(version)
     }
 
