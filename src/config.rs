@@ -65,6 +65,84 @@ struct Raw {
     databases: Vec<crate::database::config::RawDatabase>,
     #[serde(default)]
     rotations: Vec<crate::rotation::config::RawRotation>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+/// `[limits]`: every field a caller controls (docs/operations.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_path_bytes: usize,
+    max_role_bytes: usize,
+    max_scopes: usize,
+    max_scope_bytes: usize,
+    max_token_bytes: usize,
+    max_fields: usize,
+    max_field_name_bytes: usize,
+    max_field_value_bytes: usize,
+    max_metadata_entries: usize,
+    max_metadata_bytes: usize,
+    max_list_items: usize,
+    max_string_bytes: usize,
+    audit_string_bytes: usize,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        let d = crate::api::limits::Limits::default();
+        Self {
+            max_path_bytes: d.max_path_bytes,
+            max_role_bytes: d.max_role_bytes,
+            max_scopes: d.max_scopes,
+            max_scope_bytes: d.max_scope_bytes,
+            max_token_bytes: d.max_token_bytes,
+            max_fields: d.max_fields,
+            max_field_name_bytes: d.max_field_name_bytes,
+            max_field_value_bytes: d.max_field_value_bytes,
+            max_metadata_entries: d.max_metadata_entries,
+            max_metadata_bytes: d.max_metadata_bytes,
+            max_list_items: d.max_list_items,
+            max_string_bytes: d.max_string_bytes,
+            audit_string_bytes: d.audit_string_bytes,
+        }
+    }
+}
+
+fn parse_limits(
+    ctx: &Ctx<'_>,
+    r: RawLimits,
+    max_message_bytes: usize,
+) -> Result<crate::api::limits::Limits, ConfigError> {
+    let range = |key: &str, v: usize, lo: usize, hi: usize| {
+        if v < lo || v > hi {
+            Err(ctx.err("limits", key, format!("must be between {lo} and {hi}")))
+        } else {
+            Ok(v)
+        }
+    };
+    let token_max = crate::identity::MAX_TOKEN_BYTES;
+    Ok(crate::api::limits::Limits {
+        max_path_bytes: range("max_path_bytes", r.max_path_bytes, 16, 4096)?,
+        max_role_bytes: range("max_role_bytes", r.max_role_bytes, 16, 1024)?,
+        max_scopes: range("max_scopes", r.max_scopes, 1, 1024)?,
+        max_scope_bytes: range("max_scope_bytes", r.max_scope_bytes, 16, 8192)?,
+        max_token_bytes: range("max_token_bytes", r.max_token_bytes, 1024, token_max)?,
+        max_fields: range("max_fields", r.max_fields, 1, 10_000)?,
+        max_field_name_bytes: range("max_field_name_bytes", r.max_field_name_bytes, 8, 4096)?,
+        max_field_value_bytes: range(
+            "max_field_value_bytes",
+            r.max_field_value_bytes,
+            16,
+            max_message_bytes,
+        )?,
+        max_metadata_entries: range("max_metadata_entries", r.max_metadata_entries, 0, 10_000)?,
+        max_metadata_bytes: range("max_metadata_bytes", r.max_metadata_bytes, 8, 65_536)?,
+        max_list_items: range("max_list_items", r.max_list_items, 1, 100_000)?,
+        max_string_bytes: range("max_string_bytes", r.max_string_bytes, 64, 65_536)?,
+        audit_string_bytes: range("audit_string_bytes", r.audit_string_bytes, 32, 4096)?,
+        max_message_bytes,
+    })
 }
 
 #[derive(Deserialize)]
@@ -442,6 +520,8 @@ pub struct Config {
     pub databases: Vec<crate::database::config::DatabaseConfig>,
     /// Rotation policies.
     pub rotations: Vec<crate::rotation::config::Policy>,
+    /// Limits on caller-controlled fields (`[limits]`).
+    pub limits: crate::api::limits::Limits,
 }
 
 /// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
@@ -738,7 +818,9 @@ impl Config {
             write_deadline_ms: a.write_deadline_ms,
         };
 
+        let limits = parse_limits(&ctx, raw.limits, raw.server.max_message_bytes as usize)?;
         Ok(Self {
+            limits,
             path: path.to_path_buf(),
             server: ServerConfig {
                 grpc_listen,
@@ -779,6 +861,9 @@ impl Config {
         }
         if self.audit != other.audit {
             v.push("audit".to_string());
+        }
+        if self.limits != other.limits {
+            v.push("limits".to_string());
         }
         let (a, b) = (&self.identity, &other.identity);
         if a.url != b.url

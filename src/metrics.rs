@@ -124,7 +124,7 @@ impl Metrics {
     pub fn jwks_fetch(&self, issuer: &str, ok: bool) {
         self.jwks_fetches
             .get_or_create(&vec![
-                ("issuer".to_string(), issuer.to_string()),
+                ("issuer".to_string(), label(issuer)),
                 (
                     "outcome".to_string(),
                     if ok { "ok" } else { "failed" }.to_string(),
@@ -137,7 +137,7 @@ impl Metrics {
     pub fn exchange(&self, role: &str, outcome: &str) {
         self.exchanges
             .get_or_create(&vec![
-                ("role".to_string(), role.to_string()),
+                ("role".to_string(), label(role)),
                 ("outcome".to_string(), outcome.to_string()),
             ])
             .inc();
@@ -147,14 +147,12 @@ impl Metrics {
     pub fn observe(&self, rpc: &str, code: tonic::Code, started: Instant) {
         self.requests
             .get_or_create(&RpcStatus {
-                rpc: rpc.to_string(),
+                rpc: label(rpc),
                 code: code_name(code).to_string(),
             })
             .inc();
         self.latency
-            .get_or_create(&Rpc {
-                rpc: rpc.to_string(),
-            })
+            .get_or_create(&Rpc { rpc: label(rpc) })
             .observe(started.elapsed().as_secs_f64());
     }
 
@@ -175,6 +173,25 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The label value of anything that is not a configured name (roles, methods).
+pub const UNKNOWN: &str = "unknown";
+
+/// A label value escaped for the text exposition (the encoder writes values verbatim): labels
+/// come from configured names only, and this keeps even those from breaking the format.
+pub fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The canonical gRPC name of a status code.

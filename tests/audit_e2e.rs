@@ -178,7 +178,41 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     assert_eq!(d.stop(), 0);
 
     let recs = records(&env);
-    let reqs: Vec<&Record> = recs.iter().filter(|r| r.kind == Kind::Request).collect();
+    // a state change has an intent record before it, with the outcome's request id
+    let outcomes: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.kind == Kind::Request && r.decision.as_deref() != Some("intent"))
+        .collect();
+    let intents: Vec<&Record> = recs
+        .iter()
+        .filter(|r| r.decision.as_deref() == Some("intent"))
+        .collect();
+    assert_eq!(
+        intents
+            .iter()
+            .map(|r| r.op.as_deref().unwrap())
+            .collect::<Vec<_>>(),
+        vec![
+            "keygate.v1.Secrets/Put",
+            "keygate.v1.Secrets/Delete",
+            "keygate.v1.Secrets/Undelete",
+            "keygate.v1.Secrets/Put",
+            "keygate.v1.Secrets/Destroy",
+            "keygate.v1.Leases/RevokePrefix",
+            "keygate.v1.Admin/ReloadConfig",
+            "keygate.v1.Admin/RotateSigningKey",
+        ]
+    );
+    for i in &intents {
+        let pos = recs.iter().position(|r| r.seq == i.seq).unwrap();
+        let outcome = recs[pos + 1..]
+            .iter()
+            .find(|r| r.request_id == i.request_id)
+            .expect("an outcome record follows the intent");
+        assert_eq!(outcome.op, i.op);
+        assert!(outcome.decision.as_deref() != Some("intent"));
+    }
+    let reqs = outcomes;
     let ops: Vec<(&str, &str)> = reqs
         .iter()
         .map(|r| (r.op.as_deref().unwrap(), r.status.as_deref().unwrap()))
@@ -257,7 +291,8 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     // no value, token or credential anywhere in the audit directory
     env.assert_logs_free_of(&[secret, bogus, platform]);
 
-    // tamper: flip one byte of the Get record → verify names seq 3 (open record is 1)
+    // tamper: flip one byte of the Get record → verify names seq 4 (open record is 1, then
+    // the Put's intent and outcome)
     let seg = keygate::audit::writer::segments(&env.paths.dir.join("audit"))
         .unwrap()
         .remove(0);
@@ -265,7 +300,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     std::fs::write(&seg, text.replacen("secret:au/db@0", "secret:au/dc@0", 1)).unwrap();
     let (code, out) = verify_cli(&env);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("FAULT: seq 3: record changed"), "{out}");
+    assert!(out.contains("FAULT: seq 4: record changed"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -247,7 +247,11 @@ async fn grpc_round_trip_and_watch() {
         })
         .await
         .unwrap_err();
-    assert_eq!(too_big.code(), tonic::Code::OutOfRange, "{too_big:?}");
+    assert_eq!(
+        too_big.code(),
+        tonic::Code::ResourceExhausted,
+        "{too_big:?}"
+    );
     // ...and the daemon still serves.
     assert!(c
         .get(pb::GetSecretRequest {

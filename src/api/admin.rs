@@ -1,10 +1,9 @@
 //! `keygate.v1.Admin`.
-use super::{caller_of, ApiError, AppState};
+use super::{ApiError, AppState, RpcScope};
 use crate::authz::Action;
 use crate::pb;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// The Admin service.
@@ -53,20 +52,17 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::RotateKekRequest>,
     ) -> Result<Response<pb::RotateKekResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "kek")?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Admin, "kek")?;
             if req.new_kek_file.is_empty() {
                 return Err(ApiError::InvalidArgument("new_kek_file is required".into()));
             }
             let kek = crate::secrets::kek::load_file(Path::new(&req.new_kek_file))
                 .map_err(ApiError::FailedPrecondition)?;
+            scope.intent().await?;
             let r = self.state.store.rotate_kek(kek).await?;
             tracing::warn!(
                 old_kek_id = %r.old_kek_id,
@@ -82,29 +78,17 @@ impl pb::admin_server::Admin for AdminApi {
             })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/RotateKek",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn reload_config(
         &self,
         request: Request<pb::ReloadConfigRequest>,
     ) -> Result<Response<pb::ReloadConfigResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "config")?;
+            scope.principal()?.require(Action::Admin, "config")?;
+            scope.intent().await?;
             let needs_restart = self
                 .state
                 .reload
@@ -113,29 +97,16 @@ impl pb::admin_server::Admin for AdminApi {
             Ok(pb::ReloadConfigResponse { needs_restart })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/ReloadConfig",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn server_info(
         &self,
         request: Request<pb::ServerInfoRequest>,
     ) -> Result<Response<pb::ServerInfoResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "info")?;
+            scope.principal()?.require(Action::Admin, "info")?;
             Ok(pb::ServerInfoResponse {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 node_id: self.state.node_id.clone(),
@@ -145,32 +116,21 @@ impl pb::admin_server::Admin for AdminApi {
             })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/ServerInfo",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn explain(
         &self,
         request: Request<pb::ExplainRequest>,
     ) -> Result<Response<pb::ExplainResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("role:{}", req.role));
-        audit.caller.token_hmac = Some(self.state.audit_ref(req.token.as_bytes()));
+        scope.resource(format!("role:{}", req.role));
+        let token_ref = self.state.audit_ref(req.token.as_bytes());
+        scope.caller(|c| c.token_hmac = Some(token_ref));
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "roles")?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Admin, "roles")?;
             let trust = self.state.trust();
             let only = (!req.role.is_empty()).then_some(req.role.as_str());
             if let Some(r) = only {
@@ -204,70 +164,40 @@ impl pb::admin_server::Admin for AdminApi {
             }
         }
         .await;
-        self.state
-            .finish("keygate.v1.Admin/Explain", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn list_roles(
         &self,
         request: Request<pb::ListRolesRequest>,
     ) -> Result<Response<pb::ListRolesResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "roles")?;
+            scope.principal()?.require(Action::Admin, "roles")?;
             Ok(pb::ListRolesResponse {
                 roles: self.state.trust().roles.iter().map(role_info).collect(),
             })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/ListRoles",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn rotate_signing_key(
         &self,
         request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
-        let result = self.rotate_signing(&caller, &mut audit).await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/RotateSigningKey",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        let scope = RpcScope::of(&request)?;
+        let result = self.rotate_signing(&scope).await;
+        scope.finish(result)
     }
 
     async fn audit_head(
         &self,
         request: Request<pb::AuditHeadRequest>,
     ) -> Result<Response<pb::AuditHeadResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "audit")?;
+            scope.principal()?.require(Action::Admin, "audit")?;
             let (seq, chain_hash) = self.state.audit.head();
             Ok(pb::AuditHeadResponse {
                 seq,
@@ -281,60 +211,36 @@ impl pb::admin_server::Admin for AdminApi {
             })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/AuditHead",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn audit_hash(
         &self,
         request: Request<pb::AuditHashRequest>,
     ) -> Result<Response<pb::AuditHashResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "audit")?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Admin, "audit")?;
             let hmac = self.state.audit_ref(&req.value);
             // the record of this lookup holds the reference, never the value
-            audit.resource(hmac.clone());
+            scope.resource(hmac.clone());
             Ok(pb::AuditHashResponse { hmac })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Admin/AuditHash",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn get_role(
         &self,
         request: Request<pb::GetRoleRequest>,
     ) -> Result<Response<pb::RoleInfo>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Admin, "roles")?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Admin, "roles")?;
             let trust = self.state.trust();
             trust
                 .role(&req.name)
@@ -342,23 +248,18 @@ impl pb::admin_server::Admin for AdminApi {
                 .ok_or_else(|| ApiError::NotFound(format!("no role named {:?}", req.name)))
         }
         .await;
-        self.state
-            .finish("keygate.v1.Admin/GetRole", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 }
 
 impl AdminApi {
     async fn rotate_signing(
         &self,
-        caller: &crate::authz::Caller,
-        audit: &mut super::Audit,
+        scope: &RpcScope,
     ) -> Result<pb::RotateSigningKeyResponse, ApiError> {
-        audit.resource("signing-keys");
-        self.state
-            .who(caller, audit)
-            .await?
-            .require(Action::Admin, "signing-keys")?;
+        scope.resource("signing-keys");
+        scope.principal()?.require(Action::Admin, "signing-keys")?;
+        scope.intent().await?;
         // through the rotation state machine, like any secret
         self.state
             .rotator

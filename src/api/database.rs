@@ -1,10 +1,9 @@
 //! `keygate.v1.DatabaseCredentials`: short-lived database users (scope `db:<role>`).
-use super::{caller_of, ApiError, AppState};
+use super::{ApiError, AppState, RpcScope};
 use crate::authz::{Action, Principal};
 use crate::clock::to_timestamp;
 use crate::pb;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// The DatabaseCredentials service.
@@ -41,25 +40,25 @@ impl pb::database_credentials_server::DatabaseCredentials for DatabaseApi {
         &self,
         request: Request<pb::GenerateDatabaseCredentialsRequest>,
     ) -> Result<Response<pb::DatabaseCredential>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("db:{}", req.role));
+        scope.resource(format!("db:{}", req.role));
         let result = async {
-            let who = self.state.who(&caller, &mut audit).await?;
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
             if req.role.is_empty() {
                 return Err(ApiError::InvalidArgument("role is required".into()));
             }
             who.require(Action::Database, &req.role)?;
-            let (owner, sub, src) = owner_of(&who);
+            let (owner, sub, src) = owner_of(who);
+            scope.intent().await?;
             let g = self
                 .state
                 .databases
                 .generate(&req.role, req.ttl_seconds, &owner, &sub, src)
                 .await?;
-            audit.resource(format!("lease:{}", g.lease.lease_id));
-            audit.resource(format!("db-user:{}", g.username));
+            scope.resource(format!("lease:{}", g.lease.lease_id));
+            scope.resource(format!("db-user:{}", g.username));
             Ok(pb::DatabaseCredential {
                 username: g.username,
                 password: String::from_utf8_lossy(g.password.expose()).into_owned(),
@@ -68,14 +67,6 @@ impl pb::database_credentials_server::DatabaseCredentials for DatabaseApi {
             })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.DatabaseCredentials/Generate",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 }

@@ -1,12 +1,11 @@
 //! `keygate.v1.TokenExchange`: a platform OIDC token for a scoped keygate credential (RFC 8693
 //! semantics). Callers learn a stable reason code only; logs and `Admin.Explain` hold the rest.
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, RpcScope};
 use crate::credential::lease::{Lease, LeaseStore};
 use crate::pb;
 use crate::policy::scope::{self, Scope};
 use serde_json::{Map, Value};
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// RFC 8693 token type of what keygate issues.
@@ -78,11 +77,27 @@ impl ExchangeApi {
     async fn exchange(
         &self,
         req: pb::ExchangeRequest,
-        audit: &mut super::Audit,
+        scope: &RpcScope,
     ) -> Result<pb::ExchangeResponse, ApiError> {
-        audit.resource(format!("role:{}", req.role));
-        audit.caller.token_hmac = Some(self.state.audit_ref(req.subject_token.as_bytes()));
+        scope.resource(format!("role:{}", req.role));
+        let token_ref = self.state.audit_ref(req.subject_token.as_bytes());
+        scope.caller(|c| c.token_hmac = Some(token_ref));
         let refuse = |code: &'static str, detail: String| ApiError::Exchange { code, detail };
+        // an exchange answers with its stable reason codes, limits included
+        if req.subject_token.len() > self.state.limits.max_token_bytes {
+            return Err(refuse(
+                "token_too_large",
+                format!(
+                    "subject_token is {} bytes; the limit is {} (limits.max_token_bytes)",
+                    req.subject_token.len(),
+                    self.state.limits.max_token_bytes
+                ),
+            ));
+        }
+        self.state
+            .limits
+            .check(&req)
+            .map_err(|e| refuse("invalid_request", e.to_string()))?;
         if !ACCEPTED_SUBJECT_TYPES.contains(&req.subject_token_type.as_str()) {
             return Err(refuse(
                 "invalid_request",
@@ -109,17 +124,20 @@ impl ExchangeApi {
             .verify(&req.subject_token)
             .await
             .map_err(|e| refuse(e.code(), e.to_string()))?;
-        audit.caller.issuer = Some(v.issuer.issuer.clone());
-        audit.caller.subject = v
-            .claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        audit.caller.role = Some(req.role.clone());
-        audit.caller.claims = Some(source_claims(&v.issuer.issuer, &v.claims));
+        scope.caller(|c| {
+            c.issuer = Some(v.issuer.issuer.clone());
+            c.subject = v
+                .claims
+                .get("sub")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            c.claims = Some(source_claims(&v.issuer.issuer, &v.claims));
+        });
         let role = trust
             .role(&req.role)
-            .ok_or_else(|| refuse("no_matching_role", format!("no role named {:?}", req.role)))?;
+            .ok_or_else(|| refuse("no_matching_role", "no role of that name".to_string()))?;
+        // a configured name only: the role a caller typed is not recorded as its role
+        scope.caller(|c| c.role = Some(role.name.clone()));
         role.check(&v.issuer.name, v.issuer.platform, &v.claims)
             .map_err(|m| refuse("no_matching_role", format!("role {}: {}", role.name, m.0)))?;
         let granted = scope::intersect(&requested, &role.scopes);
@@ -165,6 +183,14 @@ impl ExchangeApi {
             revoked_at: None,
             db: None,
         };
+        // the replay marker and the lease are changes: their record comes first
+        scope.resource(format!("lease:{}", lease.lease_id));
+        scope.caller(|c| c.lease_id = Some(lease.lease_id.clone()));
+        scope.intent().await?;
+        trust
+            .consume(&v)
+            .await
+            .map_err(|e| refuse(e.code(), e.to_string()))?;
         self.state.credentials.leases.create(&lease).await?;
         let token = self
             .state
@@ -173,8 +199,6 @@ impl ExchangeApi {
             .await
             .map_err(|e| refuse("server_error", e.to_string()))?;
         tracing::info!(role = %lease.role, lease_id = %lease.lease_id, ttl, scopes = ?lease.scopes, "credential issued");
-        audit.caller.lease_id = Some(lease.lease_id.clone());
-        audit.resource(format!("lease:{}", lease.lease_id));
         Ok(pb::ExchangeResponse {
             access_token: token,
             issued_token_type: ISSUED_TOKEN_TYPE.into(),
@@ -192,26 +216,22 @@ impl pb::token_exchange_server::TokenExchange for ExchangeApi {
         &self,
         request: Request<pb::ExchangeRequest>,
     ) -> Result<Response<pb::ExchangeResponse>, Status> {
-        let started = Instant::now();
-        let caller = super::caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        let role = req.role.clone();
-        let result = self.exchange(req, &mut audit).await;
+        // metric labels only from configured role names: anything else is `unknown`
+        let role = self
+            .state
+            .trust()
+            .role(&req.role)
+            .map(|r| r.name.clone())
+            .unwrap_or_else(|| crate::metrics::UNKNOWN.to_string());
+        let result = self.exchange(req, &scope).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ApiError::Exchange { code, .. }) => code,
             Err(_) => "error",
         };
         self.state.metrics.exchange(&role, outcome);
-        self.state
-            .finish(
-                "keygate.v1.TokenExchange/Exchange",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 }

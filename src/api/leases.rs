@@ -1,12 +1,11 @@
 //! `keygate.v1.Leases`: a credential renews, revokes and lists its own lease; the admin (mTLS
 //! or `admin:*` scope) acts on any.
-use super::{caller_of, ApiError, AppState};
+use super::{ApiError, AppState, RpcScope};
 use crate::authz::{Action, Principal};
 use crate::clock::to_timestamp;
 use crate::credential::lease::Lease;
 use crate::pb;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// The Leases service.
@@ -127,14 +126,14 @@ impl pb::leases_server::Leases for LeasesApi {
         &self,
         request: Request<pb::RenewLeaseRequest>,
     ) -> Result<Response<pb::RenewLeaseResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("lease:{}", req.lease_id));
+        scope.resource(format!("lease:{}", req.lease_id));
         let result = async {
-            let who = self.state.who(&caller, &mut audit).await?;
-            if let Some(l) = db_target(&self.state, &who, &req.lease_id).await? {
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
+            if let Some(l) = db_target(&self.state, who, &req.lease_id).await? {
+                scope.intent().await?;
                 let lease = self
                     .state
                     .databases
@@ -146,7 +145,7 @@ impl pb::leases_server::Leases for LeasesApi {
                     access_token: String::new(),
                 });
             }
-            let id = target(&who, &req.lease_id)?;
+            let id = target(who, &req.lease_id)?;
             let lease = self
                 .state
                 .credentials
@@ -161,6 +160,7 @@ impl pb::leases_server::Leases for LeasesApi {
             } else {
                 req.increment_seconds
             };
+            scope.intent().await?;
             let lease = self
                 .state
                 .credentials
@@ -183,26 +183,24 @@ impl pb::leases_server::Leases for LeasesApi {
             })
         }
         .await;
-        self.state
-            .finish("keygate.v1.Leases/Renew", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn revoke(
         &self,
         request: Request<pb::RevokeLeaseRequest>,
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("lease:{}", req.lease_id));
+        scope.resource(format!("lease:{}", req.lease_id));
         let result = async {
-            let who = self.state.who(&caller, &mut audit).await?;
-            let id = match db_target(&self.state, &who, &req.lease_id).await? {
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
+            let id = match db_target(&self.state, who, &req.lease_id).await? {
                 Some(l) => l.lease_id,
-                None => target(&who, &req.lease_id)?,
+                None => target(who, &req.lease_id)?,
             };
+            scope.intent().await?;
             let done = self
                 .state
                 .credentials
@@ -216,28 +214,26 @@ impl pb::leases_server::Leases for LeasesApi {
             })
         }
         .await;
-        self.state
-            .finish("keygate.v1.Leases/Revoke", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn revoke_prefix(
         &self,
         request: Request<pb::RevokePrefixRequest>,
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("lease-prefix:{}", req.prefix));
+        scope.resource(format!("lease-prefix:{}", req.prefix));
         let result = async {
-            let who = self.state.who(&caller, &mut audit).await?;
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
             who.require(Action::Admin, "leases")?;
             if req.prefix.is_empty() {
                 return Err(ApiError::InvalidArgument(
                     "a prefix is required (use the role name, e.g. \"deploy/\")".into(),
                 ));
             }
+            scope.intent().await?;
             let done = self
                 .state
                 .credentials
@@ -251,28 +247,19 @@ impl pb::leases_server::Leases for LeasesApi {
             })
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Leases/RevokePrefix",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn list(
         &self,
         request: Request<pb::ListLeasesRequest>,
     ) -> Result<Response<pb::ListLeasesResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("lease-prefix:{}", req.prefix));
+        scope.resource(format!("lease-prefix:{}", req.prefix));
         let result = async {
-            let who = self.state.who(&caller, &mut audit).await?;
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
             let leases = if who.allows(Action::Admin, "leases") {
                 self.state.credentials.leases.list(&req.prefix).await?
             } else {
@@ -302,8 +289,6 @@ impl pb::leases_server::Leases for LeasesApi {
             })
         }
         .await;
-        self.state
-            .finish("keygate.v1.Leases/List", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 }

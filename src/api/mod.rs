@@ -3,19 +3,23 @@
 pub mod admin;
 pub mod database;
 pub mod exchange;
+pub mod layer;
 pub mod leases;
+pub mod limits;
 pub mod rotation;
+pub mod scope;
 pub mod secrets;
 
-use crate::authz::{Authorizer, AuthzError, Caller};
+use crate::authz::{Authorizer, AuthzError};
 use crate::credential::Credentials;
 use crate::identity::trust::Trust;
 use crate::metrics::Metrics;
 use crate::secrets::{SecretStore, SecretsError};
 use crate::storage::StorageError;
 use std::sync::Arc;
-use std::time::Instant;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
+
+pub use scope::RpcScope;
 
 /// Reloads the daemon's config; implemented by the server.
 pub trait ConfigReload: Send + Sync {
@@ -51,22 +55,8 @@ pub struct AppState {
     pub databases: Arc<crate::database::Databases>,
     /// Scheduled rotation.
     pub rotator: Arc<crate::rotation::Rotator>,
-}
-
-/// What a handler learned for its audit record.
-#[derive(Default)]
-pub struct Audit {
-    /// Who, as far as known.
-    pub caller: crate::audit::record::CallerInfo,
-    /// Paths, versions, roles, leases touched.
-    pub resources: Vec<String>,
-}
-
-impl Audit {
-    /// Adds a resource.
-    pub fn resource(&mut self, r: impl Into<String>) {
-        self.resources.push(r.into());
-    }
+    /// Limits on caller-controlled fields.
+    pub limits: limits::Limits,
 }
 
 impl AppState {
@@ -119,6 +109,9 @@ pub enum ApiError {
     /// Rotation.
     #[error(transparent)]
     Rotation(#[from] crate::rotation::RotationError),
+    /// The intent record of a state change could not be written: nothing was changed.
+    #[error("audit log unavailable: nothing was changed")]
+    AuditUnavailable,
 }
 
 impl ApiError {
@@ -189,6 +182,9 @@ impl ApiError {
                 Status::unavailable("storage is unavailable")
             }
             ApiError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            ApiError::AuditUnavailable => {
+                Status::unavailable("audit log unavailable: the request was not served")
+            }
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m.clone()),
             ApiError::Secrets(e) => secrets_status(e),
         }
@@ -221,136 +217,24 @@ fn secrets_status(e: &SecretsError) -> Status {
     }
 }
 
-/// What the connection says about the caller.
-pub fn caller_of<T>(req: &Request<T>) -> Caller {
-    let cert_subject = req
-        .peer_certs()
-        .and_then(|certs| certs.first().and_then(crate::tls::cert_subject));
-    let bearer = req
-        .metadata()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme
-                .eq_ignore_ascii_case("bearer")
-                .then(|| crate::sensitive::SecretBytes::new(token.trim().as_bytes().to_vec()))
-        });
-    Caller {
-        cert_subject,
-        bearer,
-        peer: req.remote_addr(),
+impl ApiError {
+    /// A failure on keygate's side (logged as an error), not a refusal of the caller.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Secrets(SecretsError::Integrity { .. })
+                | ApiError::Secrets(SecretsError::Corrupt(_))
+                | ApiError::Secrets(SecretsError::Storage(StorageError::Backend(_)))
+                | ApiError::Storage(StorageError::Backend(_))
+                | ApiError::Database(_)
+                | ApiError::AuditUnavailable
+        )
     }
 }
 
 impl AppState {
-    /// Authenticates the caller and notes who it is for the audit record.
-    pub async fn who(
-        &self,
-        caller: &Caller,
-        audit: &mut Audit,
-    ) -> Result<crate::authz::Principal, ApiError> {
-        let p = self.authz.authenticate(caller).await?;
-        match &p {
-            crate::authz::Principal::Admin(_) => audit.caller.principal = Some("admin".into()),
-            crate::authz::Principal::Credential(c) => {
-                let cl = &c.claims;
-                audit.caller.principal = Some("credential".into());
-                audit.caller.issuer = cl
-                    .src
-                    .get("iss")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                audit.caller.subject = Some(cl.sub.clone());
-                audit.caller.role = Some(cl.role.clone());
-                audit.caller.jti = Some(cl.jti.clone());
-                audit.caller.lease_id = Some(cl.lease_id.clone());
-                audit.caller.claims = Some(cl.src.clone());
-            }
-        }
-        Ok(p)
-    }
-
     /// `hmac-sha256:` reference to a value.
     pub fn audit_ref(&self, value: &[u8]) -> String {
         crate::audit::hmac_ref(&self.audit_keys.hmac, value)
-    }
-
-    /// Records the request in the audit log, durably, then answers. If the record cannot be
-    /// written the caller gets `UNAVAILABLE` and nothing else (fail closed).
-    pub async fn finish<T>(
-        &self,
-        rpc: &'static str,
-        started: Instant,
-        caller: &Caller,
-        audit: Audit,
-        result: Result<T, ApiError>,
-    ) -> Result<Response<T>, Status> {
-        let (decision, reason, code) = match &result {
-            Ok(_) => ("allow", None, Code::Ok),
-            Err(e) => {
-                let decision = match e {
-                    ApiError::Authz(_) | ApiError::Exchange { .. } => "deny",
-                    _ => "error",
-                };
-                (decision, Some(e.to_string()), e.to_status().code())
-            }
-        };
-        let mut who = audit.caller;
-        who.peer = caller.peer.map(|p| p.to_string());
-        who.tls_client = caller.cert_subject.clone();
-        if let Some(b) = &caller.bearer {
-            who.token_hmac
-                .get_or_insert_with(|| self.audit_ref(b.expose()));
-        }
-        let mut id = [0u8; 12];
-        let _ = aws_lc_rs::rand::fill(&mut id);
-        let record = crate::audit::record::Record {
-            seq: 0,
-            time: crate::audit::writer::now_rfc3339(),
-            node: String::new(),
-            kind: crate::audit::record::Kind::Request,
-            prev: String::new(),
-            request_id: Some(hex::encode(id)),
-            op: Some(rpc.to_string()),
-            caller: Some(who),
-            resources: audit.resources,
-            decision: Some(decision.to_string()),
-            reason,
-            status: Some(crate::metrics::code_name(code).to_string()),
-            sig: None,
-            truncated_bytes: None,
-            key: None,
-        };
-        if let Err(e) = self.audit.append(record).await {
-            tracing::error!(rpc, error = %e, "audit record not written: refusing the request");
-            self.metrics.observe(rpc, Code::Unavailable, started);
-            return Err(Status::unavailable(
-                "audit log unavailable: the request was not served",
-            ));
-        }
-        match result {
-            Ok(v) => {
-                self.metrics.observe(rpc, Code::Ok, started);
-                Ok(Response::new(v))
-            }
-            Err(e) => {
-                let status = e.to_status();
-                self.metrics.observe(rpc, status.code(), started);
-                match &e {
-                    ApiError::Secrets(SecretsError::Integrity { .. })
-                    | ApiError::Secrets(SecretsError::Corrupt(_))
-                    | ApiError::Secrets(SecretsError::Storage(StorageError::Backend(_))) => {
-                        tracing::error!(rpc, error = %e, "request failed")
-                    }
-                    ApiError::Storage(StorageError::Backend(_)) => {
-                        tracing::error!(rpc, error = %e, "request failed")
-                    }
-                    ApiError::Database(_) => tracing::error!(rpc, error = %e, "request failed"),
-                    _ => tracing::info!(rpc, code = ?status.code(), error = %e, "request refused"),
-                }
-                Err(status)
-            }
-        }
     }
 }

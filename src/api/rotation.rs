@@ -1,12 +1,11 @@
 //! Rotation RPCs of `keygate.v1.Admin`: rotate now, status, set and delete policies.
-use super::{caller_of, ApiError, AppState};
+use super::{ApiError, AppState, RpcScope};
 use crate::authz::Action;
 use crate::clock::to_timestamp;
 use crate::pb;
 use crate::rotation::config::{RawField, RawPostgres, RawRotation};
 use crate::rotation::schedule::Schedule;
 use crate::rotation::Status;
-use std::time::Instant;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 fn opt(s: &str) -> Option<String> {
@@ -123,29 +122,18 @@ pub async fn rotate(
     state: &AppState,
     request: Request<pb::RotateSecretRequest>,
 ) -> Result<Response<pb::RotationStatus>, GrpcStatus> {
-    let started = Instant::now();
-    let caller = caller_of(&request);
-    let mut audit = super::Audit::default();
+    let scope = RpcScope::of(&request)?;
     let req = request.into_inner();
-    audit.resource(format!("rotation:{}", req.path));
+    scope.resource(format!("rotation:{}", req.path));
     let result = async {
-        state
-            .who(&caller, &mut audit)
-            .await?
-            .require(Action::Rotate, &req.path)?;
+        state.limits.check(&req)?;
+        scope.principal()?.require(Action::Rotate, &req.path)?;
+        scope.intent().await?;
         state.rotator.rotate(&req.path, "manual").await?;
         one(state, &req.path).await
     }
     .await;
-    state
-        .finish(
-            "keygate.v1.Admin/RotateSecret",
-            started,
-            &caller,
-            audit,
-            result,
-        )
-        .await
+    scope.finish(result)
 }
 
 /// `Admin.GetRotationStatus`.
@@ -153,13 +141,12 @@ pub async fn status(
     state: &AppState,
     request: Request<pb::RotationStatusRequest>,
 ) -> Result<Response<pb::RotationStatusResponse>, GrpcStatus> {
-    let started = Instant::now();
-    let caller = caller_of(&request);
-    let mut audit = super::Audit::default();
+    let scope = RpcScope::of(&request)?;
     let req = request.into_inner();
-    audit.resource(format!("rotation-prefix:{}", req.prefix));
+    scope.resource(format!("rotation-prefix:{}", req.prefix));
     let result = async {
-        let who = state.who(&caller, &mut audit).await?;
+        state.limits.check(&req)?;
+        let who = scope.principal()?;
         let all = state.rotator.status(&req.prefix).await?;
         Ok(pb::RotationStatusResponse {
             rotations: all
@@ -170,15 +157,7 @@ pub async fn status(
         })
     }
     .await;
-    state
-        .finish(
-            "keygate.v1.Admin/GetRotationStatus",
-            started,
-            &caller,
-            audit,
-            result,
-        )
-        .await
+    scope.finish(result)
 }
 
 /// `Admin.SetRotationPolicy`.
@@ -186,30 +165,19 @@ pub async fn set(
     state: &AppState,
     request: Request<pb::RotationPolicy>,
 ) -> Result<Response<pb::RotationStatus>, GrpcStatus> {
-    let started = Instant::now();
-    let caller = caller_of(&request);
-    let mut audit = super::Audit::default();
+    let scope = RpcScope::of(&request)?;
     let req = request.into_inner();
-    audit.resource(format!("rotation:{}", req.path));
+    scope.resource(format!("rotation:{}", req.path));
     let result = async {
-        state
-            .who(&caller, &mut audit)
-            .await?
-            .require(Action::Admin, &req.path)?;
+        state.limits.check(&req)?;
+        scope.principal()?.require(Action::Admin, &req.path)?;
+        scope.intent().await?;
         let p = state.rotator.set_policy(from_pb(req)).await?;
         tracing::info!(path = %p.path, "rotation policy set");
         one(state, &p.path).await
     }
     .await;
-    state
-        .finish(
-            "keygate.v1.Admin/SetRotationPolicy",
-            started,
-            &caller,
-            audit,
-            result,
-        )
-        .await
+    scope.finish(result)
 }
 
 /// `Admin.DeleteRotationPolicy`.
@@ -217,28 +185,17 @@ pub async fn delete(
     state: &AppState,
     request: Request<pb::DeleteRotationPolicyRequest>,
 ) -> Result<Response<pb::DeleteRotationPolicyResponse>, GrpcStatus> {
-    let started = Instant::now();
-    let caller = caller_of(&request);
-    let mut audit = super::Audit::default();
+    let scope = RpcScope::of(&request)?;
     let req = request.into_inner();
-    audit.resource(format!("rotation:{}", req.path));
+    scope.resource(format!("rotation:{}", req.path));
     let result = async {
-        state
-            .who(&caller, &mut audit)
-            .await?
-            .require(Action::Admin, &req.path)?;
+        state.limits.check(&req)?;
+        scope.principal()?.require(Action::Admin, &req.path)?;
+        scope.intent().await?;
         Ok(pb::DeleteRotationPolicyResponse {
             deleted: state.rotator.delete_policy(&req.path).await?,
         })
     }
     .await;
-    state
-        .finish(
-            "keygate.v1.Admin/DeleteRotationPolicy",
-            started,
-            &caller,
-            audit,
-            result,
-        )
-        .await
+    scope.finish(result)
 }

@@ -1,5 +1,5 @@
 //! `keygate.v1.Secrets`.
-use super::{caller_of, ApiError, AppState};
+use super::{ApiError, AppState, RpcScope};
 use crate::authz::Action;
 use crate::clock::to_timestamp;
 use crate::pb;
@@ -9,7 +9,6 @@ use crate::sensitive::{SecretBytes, SecretFields};
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
@@ -70,20 +69,16 @@ impl pb::secrets_server::Secrets for SecretsApi {
         &self,
         request: Request<pb::GetSecretRequest>,
     ) -> Result<Response<pb::GetSecretResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(if req.previous {
+        scope.resource(if req.previous {
             format!("secret:{}@previous", req.path)
         } else {
             format!("secret:{}@{}", req.path, req.version)
         });
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Read, &req.path)?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Read, &req.path)?;
             let v = match (req.previous, req.version) {
                 (false, version) => self.state.store.get(&req.path, version).await?,
                 (true, 0) => self.state.store.get_previous(&req.path).await?,
@@ -118,22 +113,19 @@ impl pb::secrets_server::Secrets for SecretsApi {
             })
         }
         .await;
-        self.state
-            .finish("keygate.v1.Secrets/Get", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn list(
         &self,
         request: Request<pb::ListSecretsRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("prefix:{}", req.prefix));
+        scope.resource(format!("prefix:{}", req.prefix));
         let result = async {
-            let who = self.state.who(&caller, &mut audit).await?;
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
             let rows = self.state.store.list(&req.prefix).await?;
             // names the caller may not list are not there, as far as it can tell
             Ok(pb::ListSecretsResponse {
@@ -145,29 +137,23 @@ impl pb::secrets_server::Secrets for SecretsApi {
             })
         }
         .await;
-        self.state
-            .finish("keygate.v1.Secrets/List", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn put(
         &self,
         request: Request<pb::PutSecretRequest>,
     ) -> Result<Response<pb::PutSecretResponse>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("secret:{} fields:{}", req.path, {
+        scope.resource(format!("secret:{} fields:{}", req.path, {
             let mut f: Vec<&str> = req.fields.keys().map(String::as_str).collect();
             f.sort();
             f.join(",")
         }));
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Write, &req.path)?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Write, &req.path)?;
             let fields: SecretFields = req
                 .fields
                 .into_iter()
@@ -180,6 +166,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
                     .replace_custom_metadata
                     .then(|| req.custom_metadata.into_iter().collect()),
             };
+            scope.intent().await?;
             let (version, meta) = self.state.store.put(&req.path, &fields, &opts).await?;
             Ok(pb::PutSecretResponse {
                 metadata: Some(meta_to_pb(&req.path, &meta)),
@@ -188,90 +175,61 @@ impl pb::secrets_server::Secrets for SecretsApi {
             })
         }
         .await;
-        self.state
-            .finish("keygate.v1.Secrets/Put", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn delete(
         &self,
         request: Request<pb::VersionsRequest>,
     ) -> Result<Response<pb::SecretMetadata>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
+        scope.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Delete, &req.path)?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Delete, &req.path)?;
+            scope.intent().await?;
             let m = self.state.store.delete(&req.path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
         .await;
-        self.state
-            .finish("keygate.v1.Secrets/Delete", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 
     async fn undelete(
         &self,
         request: Request<pb::VersionsRequest>,
     ) -> Result<Response<pb::SecretMetadata>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
+        scope.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Delete, &req.path)?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Delete, &req.path)?;
+            scope.intent().await?;
             let m = self.state.store.undelete(&req.path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Secrets/Undelete",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     async fn destroy(
         &self,
         request: Request<pb::VersionsRequest>,
     ) -> Result<Response<pb::SecretMetadata>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
+        scope.resource(format!("secret:{} versions:{:?}", req.path, req.versions));
         let result = async {
-            self.state
-                .who(&caller, &mut audit)
-                .await?
-                .require(Action::Delete, &req.path)?;
+            self.state.limits.check(&req)?;
+            scope.principal()?.require(Action::Delete, &req.path)?;
+            scope.intent().await?;
             let m = self.state.store.destroy(&req.path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
         .await;
-        self.state
-            .finish(
-                "keygate.v1.Secrets/Destroy",
-                started,
-                &caller,
-                audit,
-                result,
-            )
-            .await
+        scope.finish(result)
     }
 
     type WatchStream = WatchStream;
@@ -280,24 +238,25 @@ impl pb::secrets_server::Secrets for SecretsApi {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let started = Instant::now();
-        let caller = caller_of(&request);
-        let mut audit = super::Audit::default();
+        let scope = RpcScope::of(&request)?;
         let req = request.into_inner();
-        audit.resources.extend(
-            req.paths
-                .iter()
-                .map(|p| format!("watch:{p}"))
-                .chain(req.prefixes.iter().map(|p| format!("watch-prefix:{p}"))),
-        );
+        for r in req
+            .paths
+            .iter()
+            .map(|p| format!("watch:{p}"))
+            .chain(req.prefixes.iter().map(|p| format!("watch-prefix:{p}")))
+        {
+            scope.resource(r);
+        }
         let rx = self.state.store.subscribe();
         let result = async {
+            self.state.limits.check(&req)?;
             if req.paths.is_empty() && req.prefixes.is_empty() {
                 return Err(ApiError::InvalidArgument(
                     "name at least one path or prefix to watch".into(),
                 ));
             }
-            let who = self.state.who(&caller, &mut audit).await?;
+            let who = scope.principal()?;
             for p in &req.paths {
                 path::validate(p).map_err(ApiError::InvalidArgument)?;
                 who.require(Action::Read, p)?;
@@ -308,7 +267,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
                     return Err(crate::authz::AuthzError::PermissionDenied.into());
                 }
             }
-            Ok(who)
+            Ok(who.clone())
         }
         .await;
         let result = result.map(|who| {
@@ -324,9 +283,7 @@ impl pb::secrets_server::Secrets for SecretsApi {
             ));
             Box::pin(tokio_stream::wrappers::ReceiverStream::new(out)) as WatchStream
         });
-        self.state
-            .finish("keygate.v1.Secrets/Watch", started, &caller, audit, result)
-            .await
+        scope.finish(result)
     }
 }
 

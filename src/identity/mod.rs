@@ -104,6 +104,10 @@ pub struct Verified {
     pub claims: Value,
     /// `exp`, seconds since the epoch.
     pub exp: u64,
+    /// With `refuse_jti_replay`: the replay marker [`Verifier::consume`] writes (key, keep
+    /// until). Verifying alone consumes nothing, so `Admin.Explain` and a refused exchange
+    /// leave the token usable.
+    pub replay: Option<(Vec<u8>, u64)>,
 }
 
 struct Runtime {
@@ -231,14 +235,21 @@ impl Verifier {
             _ => VerifyError::Malformed(e.to_string()),
         })?;
         let claims = data.claims;
-        self.check_claims(cfg, &claims).await.map(|exp| Verified {
-            issuer: cfg.clone(),
-            claims,
-            exp,
-        })
+        self.check_claims(cfg, &claims)
+            .await
+            .map(|(exp, replay)| Verified {
+                issuer: cfg.clone(),
+                claims,
+                exp,
+                replay,
+            })
     }
 
-    async fn check_claims(&self, cfg: &IssuerConfig, claims: &Value) -> Result<u64, VerifyError> {
+    async fn check_claims(
+        &self,
+        cfg: &IssuerConfig,
+        claims: &Value,
+    ) -> Result<(u64, Option<(Vec<u8>, u64)>), VerifyError> {
         if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
             return Err(VerifyError::UntrustedIssuer("iss changed".into()));
         }
@@ -287,6 +298,7 @@ impl Verifier {
         if now.saturating_sub(iat) > cfg.max_token_age_secs {
             return Err(VerifyError::TooOld(cfg.max_token_age_secs));
         }
+        let mut replay = None;
         if cfg.refuse_jti_replay {
             let jti = match claims.get("jti") {
                 Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s,
@@ -294,22 +306,38 @@ impl Verifier {
                 None => return Err(VerifyError::MissingClaim("jti")),
             };
             let key = format!("j/{}/{}", cfg.name, jti).into_bytes();
-            let until = exp.saturating_add(leeway);
-            match self
+            if self
                 .replay
-                .commit(
-                    Txn::default()
-                        .expect(key.clone(), None)
-                        .put(key, until.to_string().into_bytes()),
-                )
+                .get(&key)
                 .await
+                .map_err(|e| VerifyError::Store(e.to_string()))?
+                .is_some()
             {
-                Ok(()) => {}
-                Err(StorageError::Conflict) => return Err(VerifyError::Replayed),
-                Err(e) => return Err(VerifyError::Store(e.to_string())),
+                return Err(VerifyError::Replayed);
             }
+            replay = Some((key, exp.saturating_add(leeway)));
         }
-        Ok(exp)
+        Ok((exp, replay))
+    }
+
+    /// Writes the replay marker of a verified token (once: a second use is `Replayed`).
+    pub async fn consume(&self, v: &Verified) -> Result<(), VerifyError> {
+        let Some((key, until)) = &v.replay else {
+            return Ok(());
+        };
+        match self
+            .replay
+            .commit(
+                Txn::default()
+                    .expect(key.clone(), None)
+                    .put(key.clone(), until.to_string().into_bytes()),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StorageError::Conflict) => Err(VerifyError::Replayed),
+            Err(e) => Err(VerifyError::Store(e.to_string())),
+        }
     }
 
     /// Removes replay entries past `exp` + leeway. Returns how many were removed.

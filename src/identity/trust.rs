@@ -70,4 +70,9 @@ impl Trust {
     pub async fn verify(&self, token: &str) -> Result<Verified, VerifyError> {
         self.verifier.verify(token).await
     }
+
+    /// Consumes a verified token's `jti` (with `refuse_jti_replay`).
+    pub async fn consume(&self, v: &Verified) -> Result<(), VerifyError> {
+        self.verifier.consume(v).await
+    }
 }

@@ -358,6 +358,7 @@ impl Daemon {
             audit_keys,
             databases: databases.clone(),
             rotator: rotator.clone(),
+            limits: config.limits.clone(),
         });
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
         let sweeper = tokio::spawn(database_sweeper(databases));
@@ -403,6 +404,7 @@ impl Daemon {
         let router = tonic::transport::Server::builder()
             .tls_config(tls)
             .map_err(|e| StartError::Other(format!("tls: {e}")))?
+            .layer(crate::api::layer::RpcLayer::new(state.clone()))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(

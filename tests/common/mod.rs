@@ -5,6 +5,7 @@
 
 pub mod issuer;
 pub mod pg;
+pub mod raw;
 
 use keygate::devenv::{DevOptions, DevPaths};
 use std::io::{BufRead, BufReader, Write};
