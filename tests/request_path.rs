@@ -722,3 +722,67 @@ async fn kill9_in_a_loop_every_stored_change_and_every_answer_has_its_record() {
     let (code, out) = verify_cli(&env);
     assert_eq!(code, 0, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_goes_not_serving_at_shutdown_and_reflection_also_serves_v1alpha() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let env = TestEnv::new();
+    let d = env.start();
+    let ch = env.channel_as(&d, None).await;
+    let mut rc = ServerReflectionClient::new(ch.clone());
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = rc
+        .server_reflection_info(tokio_stream::iter(vec![ask]))
+        .await
+        .unwrap()
+        .into_inner();
+    match answers.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            let names: Vec<&str> = l.service.iter().map(|s| s.name.as_str()).collect();
+            assert!(names.contains(&"keygate.v1.Secrets"), "{names:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut hc = HealthClient::new(ch.clone());
+    let check = |s: &str| HealthCheckRequest { service: s.into() };
+    assert_eq!(
+        hc.check(check("keygate.v1.Secrets"))
+            .await
+            .unwrap()
+            .into_inner()
+            .status,
+        ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        hc.check(check("no.Such")).await.unwrap_err().code(),
+        tonic::Code::NotFound
+    );
+    let mut w = hc
+        .watch(check("keygate.v1.Secrets"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        w.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    let asked = std::time::Instant::now();
+    d.signal("TERM");
+    assert_eq!(
+        w.message().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    // the stream ends, and the open watch does not hold the shutdown for its 30 s grace
+    assert!(!matches!(w.message().await, Ok(Some(_))));
+    assert_eq!(d.wait(), 0);
+    let took = asked.elapsed();
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+}

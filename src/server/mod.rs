@@ -1,5 +1,6 @@
 //! The daemon: wires config, store, authorizer and handlers, serves gRPC and HTTPS, reloads on
 //! SIGHUP and shuts down gracefully on SIGTERM/SIGINT.
+pub mod health;
 pub mod http;
 
 use crate::api::{
@@ -379,27 +380,28 @@ impl Daemon {
             .map_err(|e| StartError::Other(e.to_string()))?;
         let tls = crate::tls::grpc_server_config(&config.tls).map_err(StartError::Other)?;
         let max = config.server.max_message_bytes;
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<pb::secrets_server::SecretsServer<SecretsApi>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::admin_server::AdminServer<AdminApi>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::token_exchange_server::TokenExchangeServer<ExchangeApi>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::leases_server::LeasesServer<LeasesApi>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::database_credentials_server::DatabaseCredentialsServer<DatabaseApi>>(
-            )
-            .await;
+        let services: Vec<String> = {
+            let mut v: Vec<String> = crate::api::layer::methods()
+                .keys()
+                .filter_map(|m| m.split_once('/').map(|(svc, _)| svc.to_string()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            health::HealthApi::new(services, shutdown_rx.clone()),
+        );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        // grpcurl and Python's grpcio-reflection still ask v1alpha
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
             .map_err(|e| StartError::Other(e.to_string()))?;
         let router = tonic::transport::Server::builder()
             .tls_config(tls)
@@ -407,6 +409,7 @@ impl Daemon {
             .layer(crate::api::layer::RpcLayer::new(state.clone()))
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(
                 pb::secrets_server::SecretsServer::new(SecretsApi::new(state.clone()))
                     .max_decoding_message_size(max)
