@@ -165,6 +165,8 @@ struct RawAudit {
     signing_key_file: PathBuf,
     #[serde(default = "default_audit_hmac")]
     hmac_key_file: PathBuf,
+    #[serde(default = "default_audit_head")]
+    head_file: PathBuf,
     #[serde(default = "default_segment_bytes")]
     segment_bytes: u64,
     #[serde(default = "default_checkpoint_every")]
@@ -194,6 +196,7 @@ impl Default for RawAudit {
             dir: default_audit_dir(),
             signing_key_file: default_audit_signing(),
             hmac_key_file: default_audit_hmac(),
+            head_file: default_audit_head(),
             segment_bytes: default_segment_bytes(),
             checkpoint_every: default_checkpoint_every(),
             checkpoint_interval_secs: default_checkpoint_secs(),
@@ -213,6 +216,9 @@ fn default_audit_signing() -> PathBuf {
 }
 fn default_audit_hmac() -> PathBuf {
     PathBuf::from("audit-hmac.key")
+}
+fn default_audit_head() -> PathBuf {
+    PathBuf::from("audit.head")
 }
 fn default_segment_bytes() -> u64 {
     64 * 1024 * 1024
@@ -236,6 +242,8 @@ pub struct AuditConfig {
     pub signing_key_file: PathBuf,
     /// HMAC key for value references (created if missing, mode 0600).
     pub hmac_key_file: PathBuf,
+    /// The durable head of the log (`seq chain-hash`), kept outside `dir`.
+    pub head_file: PathBuf,
     /// Segment size.
     pub segment_bytes: u64,
     /// Checkpoint every N records.
@@ -374,6 +382,37 @@ struct RawServer {
     max_message_bytes: u32,
     #[serde(default = "default_shutdown_grace")]
     shutdown_grace_secs: u32,
+    #[serde(default = "default_handshake_timeout")]
+    handshake_timeout_secs: u64,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout_secs: u64,
+    #[serde(default = "default_keepalive_interval")]
+    keepalive_interval_secs: u64,
+    #[serde(default = "default_keepalive_timeout")]
+    keepalive_timeout_secs: u64,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_max_concurrent_streams")]
+    max_concurrent_streams: u32,
+}
+
+fn default_handshake_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    300
+}
+fn default_keepalive_interval() -> u64 {
+    60
+}
+fn default_keepalive_timeout() -> u64 {
+    20
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_concurrent_streams() -> u32 {
+    128
 }
 
 fn default_max_message_bytes() -> u32 {
@@ -463,6 +502,15 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// How long in-flight requests get to finish on SIGTERM.
     pub shutdown_grace: Duration,
+    /// Handshake, idle and connection-count limits of the gRPC listener.
+    pub connections: crate::server::listener::ConnLimits,
+    /// HTTP/2 PING interval on an open connection (a peer that does not answer within
+    /// `keepalive_timeout` is dropped).
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// Concurrent streams per connection.
+    pub max_concurrent_streams: u32,
 }
 
 /// TLS material locations.
@@ -695,6 +743,50 @@ impl Config {
             .as_deref()
             .map(|v| parse_addr(&ctx, "http_listen", v))
             .transpose()?;
+        for (key, v, lo, hi) in [
+            (
+                "handshake_timeout_secs",
+                raw.server.handshake_timeout_secs,
+                1,
+                300,
+            ),
+            ("idle_timeout_secs", raw.server.idle_timeout_secs, 1, 86_400),
+            (
+                "keepalive_interval_secs",
+                raw.server.keepalive_interval_secs,
+                1,
+                86_400,
+            ),
+            (
+                "keepalive_timeout_secs",
+                raw.server.keepalive_timeout_secs,
+                1,
+                3_600,
+            ),
+            (
+                "max_connections",
+                raw.server.max_connections as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "max_concurrent_streams",
+                raw.server.max_concurrent_streams as u64,
+                1,
+                100_000,
+            ),
+        ] {
+            if v < lo || v > hi {
+                return Err(ctx.err("server", key, format!("must be between {lo} and {hi}")));
+            }
+        }
+        if raw.server.keepalive_interval_secs >= raw.server.idle_timeout_secs {
+            return Err(ctx.err(
+                "server",
+                "keepalive_interval_secs",
+                "must be below idle_timeout_secs (keepalive PINGs keep a live connection from idling out)",
+            ));
+        }
         if raw.server.max_message_bytes < 1024 || raw.server.max_message_bytes > 64 * 1024 * 1024 {
             return Err(ctx.err(
                 "server",
@@ -811,6 +903,7 @@ impl Config {
             dir: ctx.resolve(&a.dir),
             signing_key_file: ctx.resolve(&a.signing_key_file),
             hmac_key_file: ctx.resolve(&a.hmac_key_file),
+            head_file: ctx.resolve(&a.head_file),
             segment_bytes: a.segment_bytes,
             checkpoint_every: a.checkpoint_every,
             checkpoint_interval_secs: a.checkpoint_interval_secs,
@@ -828,6 +921,14 @@ impl Config {
                 node_id,
                 max_message_bytes: raw.server.max_message_bytes as usize,
                 shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs as u64),
+                connections: crate::server::listener::ConnLimits {
+                    handshake_timeout: Duration::from_secs(raw.server.handshake_timeout_secs),
+                    idle_timeout: Duration::from_secs(raw.server.idle_timeout_secs),
+                    max_connections: raw.server.max_connections,
+                },
+                keepalive_interval: Duration::from_secs(raw.server.keepalive_interval_secs),
+                keepalive_timeout: Duration::from_secs(raw.server.keepalive_timeout_secs),
+                max_concurrent_streams: raw.server.max_concurrent_streams,
             },
             tls,
             storage,

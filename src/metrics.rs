@@ -47,6 +47,9 @@ pub struct Metrics {
     pub jwks_fetches: Family<Vec<(String, String)>, Counter>,
     /// Token exchanges by role and outcome (reason code or `ok`).
     pub exchanges: Family<Vec<(String, String)>, Counter>,
+    /// gRPC listener events since start, by `event` (`refused_at_max_connections`,
+    /// `handshake_failed`, `accept_out_of_resources`), set at scrape time.
+    pub grpc_connection_events: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Default for Metrics {
@@ -66,6 +69,12 @@ impl Metrics {
         let store_keys = Gauge::default();
         let store_bytes = Gauge::default();
         let audit_sink_dropped = Gauge::default();
+        let grpc_connection_events = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "grpc_connection_events",
+            "gRPC listener events since start (refused, failed handshakes, out of descriptors)",
+            grpc_connection_events.clone(),
+        );
         let config_reloads = Family::<Vec<(String, String)>, Counter>::default();
         let jwks_fetches = Family::<Vec<(String, String)>, Counter>::default();
         let exchanges = Family::<Vec<(String, String)>, Counter>::default();
@@ -117,6 +126,7 @@ impl Metrics {
             config_reloads,
             jwks_fetches,
             exchanges,
+            grpc_connection_events,
         }
     }
 
@@ -154,6 +164,13 @@ impl Metrics {
         self.latency
             .get_or_create(&Rpc { rpc: label(rpc) })
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Sets a gRPC listener event count.
+    pub fn connection_events(&self, event: &str, n: u64) {
+        self.grpc_connection_events
+            .get_or_create(&vec![("event".to_string(), label(event))])
+            .set(n as i64);
     }
 
     /// Counts a config reload.

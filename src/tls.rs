@@ -34,6 +34,20 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 pub fn http_server_config(
     cfg: &crate::config::TlsConfig,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config(cfg, &[b"h2", b"http/1.1"])
+}
+
+/// The rustls server config of the gRPC listener: HTTP/2 only.
+pub fn grpc_rustls_config(
+    cfg: &crate::config::TlsConfig,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config(cfg, &[b"h2"])
+}
+
+fn server_config(
+    cfg: &crate::config::TlsConfig,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -58,27 +72,8 @@ pub fn http_server_config(
     let mut config = builder
         .with_single_cert(load_certs(&cfg.cert_file)?, load_key(&cfg.key_file)?)
         .map_err(|e| format!("{}: {e}", cfg.key_file.display()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
-}
-
-/// The tonic server TLS config: certificate and key, and with a client CA, optional client
-/// certificates (anonymous connections reach health and reflection; the authorizer refuses
-/// them everywhere else with a clear status).
-pub fn grpc_server_config(
-    cfg: &crate::config::TlsConfig,
-) -> Result<tonic::transport::ServerTlsConfig, String> {
-    let cert = std::fs::read(&cfg.cert_file).map_err(|e| e.to_string())?;
-    let key = std::fs::read(&cfg.key_file).map_err(|e| e.to_string())?;
-    let mut tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(cert, key));
-    if let Some(ca) = &cfg.client_ca_file {
-        let ca = std::fs::read(ca).map_err(|e| e.to_string())?;
-        tls = tls
-            .client_ca_root(tonic::transport::Certificate::from_pem(ca))
-            .client_auth_optional(true);
-    }
-    Ok(tls)
 }
 
 /// The subject of a (verified) client certificate, normalised like config subjects.

@@ -192,6 +192,8 @@ impl RpcScope {
             sig: None,
             truncated_bytes: None,
             key: None,
+            unverified: None,
+            seal: None,
         }
     }
 

@@ -29,6 +29,7 @@ pub async fn run(
                 node: "bench".into(),
                 sink: None,
                 sink_queue: 0,
+                head_file: None,
             },
             key,
         )
@@ -58,6 +59,8 @@ pub async fn run(
                     sig: None,
                     truncated_bytes: None,
                     key: None,
+                    unverified: None,
+                    seal: None,
                 };
                 let t = Instant::now();
                 if w.append(rec).await.is_err() {

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_reads;
 pub mod cli;
 pub mod record;
+pub mod tail;
 pub mod verify;
 pub mod writer;
 

@@ -95,6 +95,38 @@ pub struct Record {
     /// `key_rotation`: the new checkpoint public key (Ed25519, base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Recovery: first and last sequence numbers of records that did not verify when the
+    /// writer reopened the log (changed, re-chained or dropped after a crash); they were set
+    /// aside in `quarantine-<first>.log`, never signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<[u64; 2]>,
+    /// The last record of every group-commit batch: base64 Ed25519 signature over
+    /// `seal_message(seq, prev, hash of this line without the seal)`. Always the last field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+/// What a batch seal signs: the record's position, its chain link and its own bytes.
+pub fn seal_message(seq: u64, prev: &str, body_hash: &str) -> Vec<u8> {
+    format!("keygate-audit-seal\0{seq}\0{prev}\0{body_hash}").into_bytes()
+}
+
+/// A sealed line split into the bytes the seal covers (the line without its `seal` field)
+/// and the seal. `None` for a line without one.
+pub fn split_seal(line: &[u8]) -> Option<(Vec<u8>, &str)> {
+    const MARK: &[u8] = b",\"seal\":\"";
+    let at = line.windows(MARK.len()).rposition(|w| w == MARK)?;
+    let rest = line.get(at + MARK.len()..)?;
+    let sig = rest.strip_suffix(b"\"}")?;
+    if sig
+        .iter()
+        .any(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=')))
+    {
+        return None;
+    }
+    let mut body = line[..at].to_vec();
+    body.push(b'}');
+    Some((body, std::str::from_utf8(sig).ok()?))
 }
 
 /// What a checkpoint signs.

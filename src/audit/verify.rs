@@ -1,6 +1,9 @@
 //! `keygate audit verify`: walks every segment and proves the chain whole and signed, or names
 //! the first bad sequence number and what is wrong with it.
-use super::record::{checkpoint_message, key_rotation_message, line_hash, Kind, Record, GENESIS};
+use super::record::{
+    checkpoint_message, key_rotation_message, line_hash, seal_message, split_seal, Kind, Record,
+    GENESIS,
+};
 use super::writer::segments;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -68,6 +71,32 @@ pub enum Fault {
         /// How many.
         count: u64,
     },
+    /// A batch seal does not verify: a record of the batch was changed or re-chained.
+    #[error("seq {seq}: records {seq}..={sealed} do not match the seal at {sealed} (changed or re-chained)")]
+    BadSeal {
+        /// First record of the batch.
+        seq: u64,
+        /// The sealed record.
+        sealed: u64,
+    },
+    /// The writer found records that did not verify when it reopened the log after a crash.
+    #[error("seq {seq}: records {seq}..={to} did not verify when the writer restarted (changed, re-chained or cut after a crash); set aside in quarantine-{seq:020}.log, never signed")]
+    UnverifiedAtRestart {
+        /// First unverified record.
+        seq: u64,
+        /// Last.
+        to: u64,
+    },
+    /// Records written before a restart that no seal covers.
+    #[error("seq {seq}: {count} record(s) before the restart at seq {restart} carry no seal")]
+    UnsealedBeforeRestart {
+        /// First unsealed record.
+        seq: u64,
+        /// How many.
+        count: u64,
+        /// The recovery record.
+        restart: u64,
+    },
     /// The directory holds no log.
     #[error("no audit segments in {0}")]
     Empty(String),
@@ -85,6 +114,9 @@ impl Fault {
             | Fault::Reordered { seq, .. }
             | Fault::Inserted { seq }
             | Fault::BadSignature { seq }
+            | Fault::BadSeal { seq, .. }
+            | Fault::UnverifiedAtRestart { seq, .. }
+            | Fault::UnsealedBeforeRestart { seq, .. }
             | Fault::UnsignedTail { seq, .. } => Some(*seq),
             Fault::Empty(_) | Fault::Io(_) => None,
         }
@@ -117,6 +149,10 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
     let mut prev = GENESIS.to_string();
     let mut checkpoints = 0u64;
     let mut last_checkpoint_seq = 0u64;
+    // the last record a checkpoint, handover or batch seal vouches for; once the log has
+    // seals, every record before a restart must be covered by one
+    let mut last_signed_seq = 0u64;
+    let mut sealing = false;
     for (i, line) in lines.iter().enumerate() {
         let Some(r) = &parsed[i] else {
             return Err(Fault::Changed {
@@ -174,6 +210,34 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
             key_rotations += 1;
             checkpoints += 1;
             last_checkpoint_seq = r.seq;
+            last_signed_seq = r.seq;
+        }
+        if let Some(u) = r.unverified {
+            return Err(Fault::UnverifiedAtRestart {
+                seq: u[0],
+                to: u[1],
+            });
+        }
+        if r.kind == Kind::Recovery && sealing && last_signed_seq + 1 < r.seq {
+            return Err(Fault::UnsealedBeforeRestart {
+                seq: last_signed_seq + 1,
+                count: r.seq - 1 - last_signed_seq,
+                restart: r.seq,
+            });
+        }
+        if let Some((body, sig)) = split_seal(line) {
+            sealing = true;
+            let ok = B64.decode(sig).ok().is_some_and(|sig| {
+                key.verify(&seal_message(r.seq, &r.prev, &line_hash(&body)), &sig)
+                    .is_ok()
+            });
+            if !ok {
+                return Err(Fault::BadSeal {
+                    seq: last_signed_seq + 1,
+                    sealed: r.seq,
+                });
+            }
+            last_signed_seq = r.seq;
         }
         if r.kind == Kind::Checkpoint {
             let ok = r
@@ -189,6 +253,7 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
             }
             checkpoints += 1;
             last_checkpoint_seq = r.seq;
+            last_signed_seq = r.seq;
         }
         prev = line_hash(line);
         expected += 1;
@@ -289,7 +354,7 @@ mod tests {
         // the new key alone is not the anchor: the first checkpoints do not verify with it
         assert!(matches!(
             verify(dir.path(), &pk2),
-            Err(Fault::BadSignature { .. })
+            Err(Fault::BadSignature { .. } | Fault::BadSeal { .. })
         ));
         // the writer reopening picks the key the log names
         assert_eq!(
@@ -330,6 +395,7 @@ mod tests {
             node: "n1".into(),
             sink: None,
             sink_queue: 0,
+            head_file: None,
         }
     }
 
@@ -350,6 +416,8 @@ mod tests {
             sig: None,
             truncated_bytes: None,
             key: None,
+            unverified: None,
+            seal: None,
         }
     }
 
@@ -428,7 +496,7 @@ mod tests {
         let (_, other) = key();
         assert!(matches!(
             verify(dir.path(), &other),
-            Err(Fault::BadSignature { .. })
+            Err(Fault::BadSignature { .. } | Fault::BadSeal { .. })
         ));
         // an unsigned tail: the last checkpoint cut off
         rewrite(&seg, &orig[..orig.len() - 1]);

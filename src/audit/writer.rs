@@ -2,7 +2,9 @@
 //! batch holding theirs is written and `fdatasync`ed (group commit). Sequence numbers and the
 //! hash chain advance only on a successful sync; a failed write is truncated away before the
 //! next attempt, so the log never holds a half record and recovers by itself.
-use super::record::{checkpoint_message, key_rotation_message, line_hash, Kind, Record, GENESIS};
+use super::record::{
+    checkpoint_message, key_rotation_message, line_hash, seal_message, Kind, Record, GENESIS,
+};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -34,6 +36,8 @@ pub struct WriterConfig {
     pub sink: Option<Sink>,
     /// Lines the second sink may lag behind before lines are dropped (and counted).
     pub sink_queue: usize,
+    /// Where the durable head (`seq chain-hash`) is kept, outside the audit directory.
+    pub head_file: Option<PathBuf>,
 }
 
 /// Where the second copy goes. It never blocks the durable log: a slow or absent reader only
@@ -161,6 +165,24 @@ pub fn segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// What reopening found.
+struct Opened {
+    /// Bytes of a torn last line that were cut.
+    truncated: Option<u64>,
+    /// Records that did not verify (first, last seq) and why.
+    unverified: Option<([u64; 2], String)>,
+}
+
+/// The sequence number of the last line of a (closed) segment.
+fn last_seq_of(p: &Path) -> Result<u64, String> {
+    let b = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    Ok(b.split(|c| *c == b'\n')
+        .rfind(|l| !l.is_empty())
+        .and_then(|l| serde_json::from_slice::<Record>(l).ok())
+        .map(|r| r.seq)
+        .unwrap_or(0))
+}
+
 struct State {
     cfg: WriterConfig,
     key: Ed25519KeyPair,
@@ -173,6 +195,7 @@ struct State {
     last_checkpoint: Instant,
     sink: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
+    head: Option<File>,
 }
 
 fn io(e: std::io::Error) -> AuditError {
@@ -181,12 +204,30 @@ fn io(e: std::io::Error) -> AuditError {
 
 impl State {
     /// Opens the newest segment (or a first one), truncating a torn last line.
-    fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<(Self, Option<u64>), String> {
+    fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<(Self, Opened), String> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
         let segs = segments(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
         let mut seq = 0;
         let mut prev = GENESIS.to_string();
         let mut truncated = None;
+        let mut unverified = None;
+        let head = match &cfg.head_file {
+            Some(p) => std::fs::read_to_string(p)
+                .ok()
+                .and_then(|t| super::tail::parse_head(&t)),
+            None => None,
+        };
+        let head_file = match &cfg.head_file {
+            Some(p) => Some(
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| format!("{}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
         let path = match segs.last() {
             None => cfg.dir.join(segment_name(1)),
             Some(last) => {
@@ -209,6 +250,28 @@ impl State {
                     f.sync_all().map_err(|e| e.to_string())?;
                     bytes.truncate(complete);
                 }
+                // the tail after the last signed record: kept only as far as it verifies
+                let seq_before = match segs.len().checked_sub(2).map(|i| &segs[i]) {
+                    Some(p) => last_seq_of(p)?,
+                    None => 0,
+                };
+                let tc = super::tail::check(&bytes, key.public_key().as_ref(), head, seq_before);
+                if !tc.quarantined.is_empty() {
+                    let from = tc.unverified.map(|u| u[0]).unwrap_or(0);
+                    let q = cfg.dir.join(format!("quarantine-{from:020}.log"));
+                    std::fs::write(&q, &tc.quarantined)
+                        .map_err(|e| format!("{}: {e}", q.display()))?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .open(last)
+                        .map_err(|e| e.to_string())?;
+                    f.set_len(tc.good_len as u64).map_err(|e| e.to_string())?;
+                    f.sync_all().map_err(|e| e.to_string())?;
+                    bytes.truncate(tc.good_len);
+                }
+                unverified = tc
+                    .unverified
+                    .map(|u| (u, tc.why.clone().unwrap_or_default()));
                 // the chain continues from the last complete line, in this or an earlier segment
                 let mut found = None;
                 for p in segs.iter().rev() {
@@ -251,8 +314,12 @@ impl State {
                 last_checkpoint: Instant::now(),
                 sink: None,
                 dropped: Arc::new(AtomicU64::new(0)),
+                head: head_file,
             },
-            truncated,
+            Opened {
+                truncated,
+                unverified,
+            },
         ))
     }
 
@@ -261,7 +328,8 @@ impl State {
         let mut buf = Vec::new();
         let mut lines = Vec::new();
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
-        for r in recs.iter_mut() {
+        let n = recs.len();
+        for (i, r) in recs.iter_mut().enumerate() {
             seq += 1;
             r.seq = seq;
             r.prev = prev.clone();
@@ -277,7 +345,14 @@ impl State {
                     .sign(&key_rotation_message(seq, &prev, &r.time, &new_key));
                 r.sig = Some(B64.encode(sig.as_ref()));
             }
-            let line = serde_json::to_vec(r).map_err(|e| AuditError::Io(e.to_string()))?;
+            let mut line = serde_json::to_vec(r).map_err(|e| AuditError::Io(e.to_string()))?;
+            if i + 1 == n && !matches!(r.kind, Kind::Checkpoint | Kind::KeyRotation) {
+                // the batch's seal: nobody without the key can change, re-chain or cut what
+                // this batch wrote and have the restart accept it
+                let sig = self.key.sign(&seal_message(seq, &prev, &line_hash(&line)));
+                r.seal = Some(B64.encode(sig.as_ref()));
+                line = serde_json::to_vec(r).map_err(|e| AuditError::Io(e.to_string()))?;
+            }
             prev = line_hash(&line);
             buf.extend_from_slice(&line);
             buf.push(b'\n');
@@ -296,6 +371,7 @@ impl State {
         self.good_len += buf.len() as u64;
         self.seq = seq;
         self.prev = prev;
+        self.write_head();
         if let Some(sink) = &self.sink {
             for l in lines {
                 if sink.try_send(l).is_err() {
@@ -304,6 +380,19 @@ impl State {
             }
         }
         Ok(seq)
+    }
+
+    /// Records the durable head (`seq chain-hash`) outside the audit directory, so that a
+    /// restart notices records cut from the end of the log. One fixed-length write, no fsync:
+    /// it survives a killed process; after a power loss it may lag (never lead) the log.
+    fn write_head(&mut self) {
+        if let Some(f) = &self.head {
+            use std::os::unix::fs::FileExt;
+            let line = format!("{:020} {}\n", self.seq, self.prev);
+            if let Err(e) = f.write_all_at(line.as_bytes(), 0) {
+                tracing::warn!(error = %e, "audit head file not updated");
+            }
+        }
     }
 
     fn checkpoint_record(&self) -> Record {
@@ -323,6 +412,8 @@ impl State {
             sig: None,
             truncated_bytes: None,
             key: None,
+            unverified: None,
+            seal: None,
         }
     }
 
@@ -465,7 +556,8 @@ impl AuditWriter {
     pub fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<Self, String> {
         let deadline = cfg.write_deadline;
         let sink_cfg = cfg.sink.clone().map(|s| (s, cfg.sink_queue.max(1)));
-        let (mut st, truncated) = State::open(cfg, key)?;
+        let (mut st, opened) = State::open(cfg, key)?;
+        let truncated = opened.truncated;
         let sink_dropped = st.dropped.clone();
         if let Some((sink, queue)) = sink_cfg {
             let (stx, srx) = std::sync::mpsc::sync_channel(queue);
@@ -484,6 +576,21 @@ impl AuditWriter {
             Some(n) => format!("writer reopened the log; truncated a torn last line of {n} bytes"),
             None => "writer opened the log".into(),
         });
+        if let Some((range, why)) = &opened.unverified {
+            rec.unverified = Some(*range);
+            rec.reason = Some(format!(
+                "{}; records {}..={} did not verify and were set aside, not signed: {why}",
+                rec.reason.unwrap_or_default(),
+                range[0],
+                range[1]
+            ));
+            tracing::error!(
+                first = range[0],
+                last = range[1],
+                why = %why,
+                "audit log: records after the last seal did not verify; set aside in quarantine, never signed"
+            );
+        }
         st.write(&mut [rec]).map_err(|e| e.to_string())?;
         st.since_checkpoint += 1;
         if let Some(n) = truncated {

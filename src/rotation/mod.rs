@@ -470,6 +470,8 @@ impl Rotator {
             sig: None,
             truncated_bytes: None,
             key: None,
+            unverified: None,
+            seal: None,
         };
         match audit.append(rec).await {
             Ok(_) => true,

@@ -26,6 +26,8 @@ pub struct HttpState {
     pub credentials: Arc<crate::credential::Credentials>,
     /// The audit log (not ready while it cannot be written).
     pub audit: Arc<crate::audit::writer::AuditWriter>,
+    /// The gRPC listener's counters.
+    pub conn_stats: Arc<super::listener::ConnStats>,
 }
 
 async fn discovery(State(s): State<HttpState>) -> impl IntoResponse {
@@ -86,6 +88,14 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     if let Ok(n) = s.store.count().await {
         s.metrics.store_secrets.set(n as i64);
     }
+    use std::sync::atomic::Ordering::Relaxed;
+    let c = &s.conn_stats;
+    s.metrics
+        .connection_events("refused_at_max_connections", c.refused.load(Relaxed));
+    s.metrics
+        .connection_events("handshake_failed", c.handshake_failed.load(Relaxed));
+    s.metrics
+        .connection_events("accept_out_of_resources", c.accept_exhausted.load(Relaxed));
     (
         [(
             header::CONTENT_TYPE,

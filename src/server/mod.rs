@@ -2,6 +2,7 @@
 //! SIGHUP and shuts down gracefully on SIGTERM/SIGINT.
 pub mod health;
 pub mod http;
+pub mod listener;
 
 use crate::api::{
     admin::AdminApi, database::DatabaseApi, exchange::ExchangeApi, leases::LeasesApi,
@@ -314,6 +315,7 @@ impl Daemon {
                     node: config.server.node_id.clone(),
                     sink: config.audit.sink.clone(),
                     sink_queue: config.audit.sink_queue,
+                    head_file: Some(config.audit.head_file.clone()),
                 },
                 audit_signing,
             )
@@ -378,7 +380,8 @@ impl Daemon {
         let grpc_addr = grpc_listener
             .local_addr()
             .map_err(|e| StartError::Other(e.to_string()))?;
-        let tls = crate::tls::grpc_server_config(&config.tls).map_err(StartError::Other)?;
+        let tls = crate::tls::grpc_rustls_config(&config.tls).map_err(StartError::Other)?;
+        let conn_stats = Arc::new(listener::ConnStats::default());
         let max = config.server.max_message_bytes;
         let services: Vec<String> = {
             let mut v: Vec<String> = crate::api::layer::methods()
@@ -403,9 +406,13 @@ impl Daemon {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .map_err(|e| StartError::Other(e.to_string()))?;
+        let srv = &config.server;
         let router = tonic::transport::Server::builder()
-            .tls_config(tls)
-            .map_err(|e| StartError::Other(format!("tls: {e}")))?
+            .http2_keepalive_interval(Some(srv.keepalive_interval))
+            .http2_keepalive_timeout(Some(srv.keepalive_timeout))
+            .max_concurrent_streams(Some(srv.max_concurrent_streams))
+            // a request's headers (a credential is a few KiB) and at most this much buffered
+            .http2_max_header_list_size(Some(64 * 1024))
             .layer(crate::api::layer::RpcLayer::new(state.clone()))
             .add_service(health_service)
             .add_service(reflection)
@@ -439,8 +446,13 @@ impl Daemon {
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
             );
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        let incoming = listener::incoming(
+            grpc_listener,
+            tls,
+            srv.connections.clone(),
+            conn_stats.clone(),
+            shutdown_rx.clone(),
+        );
         let mut rx = shutdown_rx.clone();
         let grpc_task = tokio::spawn(async move {
             router
@@ -465,6 +477,7 @@ impl Daemon {
                     accepting: accepting.clone(),
                     credentials: credentials.clone(),
                     audit: audit.clone(),
+                    conn_stats: conn_stats.clone(),
                 };
                 let task = tokio::spawn(http::serve(l, tls, hs, shutdown_rx.clone()));
                 (Some(bound), Some(task))
