@@ -214,6 +214,23 @@ async fn sighup_reload_keeps_serving_on_a_broken_file_and_applies_a_good_one() {
     d.signal("HUP");
     wait_for_log(&d, r#""needs_restart":"[\"server\"]""#);
     assert_eq!(d.stop(), 0);
+    // each SIGHUP reload is on record, its intent before it: refused, applied, applied
+    let mut hup: Vec<(String, String)> = Vec::new();
+    for seg in keygate::audit::writer::segments(&env.paths.dir.join("audit")).unwrap() {
+        for l in std::fs::read_to_string(seg).unwrap().lines() {
+            let r: keygate::audit::record::Record = serde_json::from_str(l).unwrap();
+            if r.op.as_deref() == Some(keygate::server::SIGHUP_RELOAD) {
+                hup.push((r.request_id.unwrap(), r.decision.unwrap()));
+            }
+        }
+    }
+    let decisions: Vec<&str> = hup.iter().map(|(_, d)| d.as_str()).collect();
+    assert_eq!(
+        decisions,
+        ["intent", "error", "intent", "allow", "intent", "allow"],
+        "{hup:?}"
+    );
+    assert!(hup.chunks(2).all(|p| p[0].0 == p[1].0));
 }
 
 #[test]

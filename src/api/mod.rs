@@ -153,6 +153,7 @@ impl ApiError {
                     R::Storage(StorageError::Backend(_)) => {
                         Status::unavailable("storage is unavailable")
                     }
+                    R::Storage(StorageError::Full(_)) => Status::unavailable(DISK_FULL),
                 }
             }
             ApiError::Database(e) => {
@@ -181,6 +182,7 @@ impl ApiError {
             ApiError::Storage(StorageError::Backend(_)) => {
                 Status::unavailable("storage is unavailable")
             }
+            ApiError::Storage(StorageError::Full(_)) => Status::unavailable(DISK_FULL),
             ApiError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
             ApiError::AuditUnavailable => {
                 Status::unavailable("audit log unavailable: the request was not served")
@@ -190,6 +192,10 @@ impl ApiError {
         }
     }
 }
+
+/// What a caller is told while the data disk is full.
+pub const DISK_FULL: &str =
+    "the data disk is full: writes are refused until space is freed (reads still work)";
 
 /// What a caller sees of a secret-store error.
 fn secrets_status(e: &SecretsError) -> Status {
@@ -206,13 +212,16 @@ fn secrets_status(e: &SecretsError) -> Status {
         SecretsError::Kek(_) => Code::FailedPrecondition,
         SecretsError::Contention(_) => Code::Aborted,
         SecretsError::Storage(StorageError::Conflict) => Code::Aborted,
-        SecretsError::Storage(StorageError::Backend(_)) => Code::Unavailable,
+        SecretsError::Storage(StorageError::Backend(_) | StorageError::Full(_)) => {
+            Code::Unavailable
+        }
     };
     match e {
         // Backend details (file names, OS errors) stay in the operator's log.
         SecretsError::Storage(StorageError::Backend(_)) => {
             Status::new(code, "storage is unavailable")
         }
+        SecretsError::Storage(StorageError::Full(_)) => Status::new(code, DISK_FULL),
         _ => Status::new(code, e.to_string()),
     }
 }
@@ -224,8 +233,10 @@ impl ApiError {
             self,
             ApiError::Secrets(SecretsError::Integrity { .. })
                 | ApiError::Secrets(SecretsError::Corrupt(_))
-                | ApiError::Secrets(SecretsError::Storage(StorageError::Backend(_)))
-                | ApiError::Storage(StorageError::Backend(_))
+                | ApiError::Secrets(SecretsError::Storage(
+                    StorageError::Backend(_) | StorageError::Full(_)
+                ))
+                | ApiError::Storage(StorageError::Backend(_) | StorageError::Full(_))
                 | ApiError::Database(_)
                 | ApiError::AuditUnavailable
         )

@@ -106,6 +106,31 @@ pub struct Record {
     pub seal: Option<String>,
 }
 
+impl Record {
+    /// An empty record of `kind` for the writer to number, chain and sign.
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            seq: 0,
+            time: super::writer::now_rfc3339(),
+            node: String::new(),
+            kind,
+            prev: String::new(),
+            request_id: None,
+            op: None,
+            caller: None,
+            resources: Vec::new(),
+            decision: None,
+            reason: None,
+            status: None,
+            sig: None,
+            truncated_bytes: None,
+            key: None,
+            unverified: None,
+            seal: None,
+        }
+    }
+}
+
 /// What a batch seal signs: the record's position, its chain link and its own bytes.
 pub fn seal_message(seq: u64, prev: &str, body_hash: &str) -> Vec<u8> {
     format!("keygate-audit-seal\0{seq}\0{prev}\0{body_hash}").into_bytes()

@@ -28,6 +28,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The `op` of a config reload asked for by SIGHUP.
+pub const SIGHUP_RELOAD: &str = "signal.SIGHUP/ReloadConfig";
+
+/// How long each final write at shutdown (pending leases, the store flush) may take.
+const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -534,11 +540,44 @@ impl Daemon {
                 _ = self.signals.int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
                 _ = self.signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading config");
-                    let _ = self.reload.reload();
+                    self.reload_audited().await;
                 }
             }
         }
         self.shutdown().await
+    }
+
+    /// A SIGHUP reload, recorded like the RPC: intent first (no record, no reload), outcome
+    /// after.
+    async fn reload_audited(&self) {
+        use crate::audit::record::{CallerInfo, Kind, Record};
+        let mut id = [0u8; 12];
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        let record = |decision: &str, reason: Option<String>, status: Option<&str>| {
+            let mut r = Record::new(Kind::Request);
+            r.request_id = Some(hex::encode(id));
+            r.op = Some(SIGHUP_RELOAD.into());
+            r.caller = Some(CallerInfo {
+                principal: Some("operator (SIGHUP)".into()),
+                ..Default::default()
+            });
+            r.resources = vec!["config".into()];
+            r.decision = Some(decision.into());
+            r.reason = reason;
+            r.status = status.map(str::to_string);
+            r
+        };
+        if let Err(e) = self.audit.append(record("intent", None, None)).await {
+            tracing::error!(error = %e, "config reload not applied: the audit log cannot record it");
+            return;
+        }
+        let outcome = match self.reload.reload() {
+            Ok(_) => record("allow", None, Some("OK")),
+            Err(e) => record("error", Some(e), Some("FAILED_PRECONDITION")),
+        };
+        if let Err(e) = self.audit.append(outcome).await {
+            tracing::error!(error = %e, "config reload outcome not recorded (its intent record stands)");
+        }
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the grace period), flushes the store.
@@ -561,17 +600,31 @@ impl Daemon {
         self.housekeeping.abort();
         self.sweeper.abort();
         self.scheduler.abort();
+        // a stuck store must not keep the daemon from exiting: each final write is bounded
+        let budget = FINAL_FLUSH;
         // leases written behind: commit them before the final flush
-        if let Err(e) = self.credentials.leases.flush_pending().await {
-            tracing::error!(error = %e, "pending leases not written");
+        match tokio::time::timeout(budget, self.credentials.leases.flush_pending()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "pending leases not written"),
+            Err(_) => tracing::error!(
+                ?budget,
+                "pending leases not written: the store did not answer in time"
+            ),
         }
         // the final signed checkpoint
         self.audit.close().await;
-        self.store
-            .storage()
-            .flush()
-            .await
-            .map_err(|e| StartError::Other(format!("final flush failed: {e}")))?;
+        match tokio::time::timeout(budget, self.store.storage().flush()).await {
+            Ok(r) => r.map_err(|e| StartError::Other(format!("final flush failed: {e}")))?,
+            Err(_) => {
+                tracing::error!(
+                    ?budget,
+                    "final store flush did not finish in time; exiting without it"
+                );
+                return Err(StartError::Other(format!(
+                    "final store flush did not finish within {budget:?}"
+                )));
+            }
+        }
         tracing::info!("keygate stopped; store flushed");
         Ok(())
     }

@@ -27,9 +27,12 @@ pub enum StorageError {
     /// A condition of the transaction did not hold; nothing was written.
     #[error("storage conflict: the data changed concurrently")]
     Conflict,
-    /// The backend failed (I/O, disk full, connection lost).
+    /// The backend failed (I/O, connection lost).
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The data disk is full: writes fail until space is freed; reads keep working.
+    #[error("{0}")]
+    Full(String),
 }
 
 /// One atomic, conditional unit of writes.
