@@ -10,29 +10,6 @@ use keygate::pb::secrets_client::SecretsClient;
 use std::collections::HashMap;
 use std::process::Command;
 
-fn records(env: &TestEnv) -> Vec<Record> {
-    let dir = env.paths.dir.join("audit");
-    let mut out = Vec::new();
-    for s in keygate::audit::writer::segments(&dir).unwrap() {
-        for l in std::fs::read_to_string(s).unwrap().lines() {
-            out.push(serde_json::from_str(l).unwrap());
-        }
-    }
-    out
-}
-
-fn verify_cli(env: &TestEnv) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(env.paths.dir.join("audit"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     let env = TestEnv::new();
@@ -177,7 +154,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         .unwrap_err();
     assert_eq!(d.stop(), 0);
 
-    let recs = records(&env);
+    let recs = audit_records(&env);
     // a state change has an intent record before it, with the outcome's request id
     let outcomes: Vec<&Record> = recs
         .iter()
@@ -282,7 +259,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
     // sequence: open record, the requests, the final signed checkpoint; the chain verifies
     assert_eq!(recs.first().unwrap().kind, Kind::Recovery);
     assert_eq!(recs.last().unwrap().kind, Kind::Checkpoint);
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(&format!("OK: {} records", recs.len())),
@@ -298,7 +275,7 @@ async fn every_rpc_writes_exactly_one_record_and_no_value_reaches_the_log() {
         .remove(0);
     let text = std::fs::read_to_string(&seg).unwrap();
     std::fs::write(&seg, text.replacen("secret:au/db@0", "secret:au/dc@0", 1)).unwrap();
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAULT: seq 4:"), "{out}");
 }
@@ -400,7 +377,7 @@ async fn fail_closed_on_a_full_disk_then_recover_without_restart() {
     let (code, _) = https_get(&env, d.http, "/readyz").await;
     assert_eq!(code, 200);
     assert_eq!(d.stop(), 0);
-    let recs = records(&env);
+    let recs = audit_records(&env);
     // the refused requests left no record (they were not served); the chain is whole
     assert_eq!(
         recs.iter()
@@ -408,7 +385,7 @@ async fn fail_closed_on_a_full_disk_then_recover_without_restart() {
             .count(),
         served_before_full + 1
     );
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -449,7 +426,7 @@ async fn sigkill_mid_run_every_acknowledged_request_has_its_record() {
     // after a restart and a clean stop the chain verifies and holds every acknowledged write
     let d = env.start();
     assert_eq!(d.stop(), 0);
-    let recs = records(&env);
+    let recs = audit_records(&env);
     let recorded: std::collections::HashSet<String> = recs
         .iter()
         .filter(|r| r.status.as_deref() == Some("OK"))
@@ -461,7 +438,7 @@ async fn sigkill_mid_run_every_acknowledged_request_has_its_record() {
             "{p} acknowledged but not audited"
         );
     }
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -531,7 +508,7 @@ async fn a_second_sink_gets_the_same_lines_and_a_stalled_one_never_blocks_reques
         .collect();
     assert_eq!(first, durable[..5].to_vec());
     assert!(durable.len() >= 1500);
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
     drop(reader);
 }
@@ -588,7 +565,7 @@ async fn records_cut_from_the_tail_after_a_crash_are_reported_not_re_signed() {
     write_lines(&seg, &lines[..=j]);
     let d = env.start();
     assert_eq!(d.stop(), 0);
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("FAULT: seq {first_cut}:")) && out.contains("did not verify"),
@@ -621,13 +598,13 @@ async fn a_record_rewritten_and_re_chained_after_a_crash_is_quarantined_and_name
     }
     write_lines(&seg, &lines);
     // before the restart, verify already sees the seal fail
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("FAULT: seq {bad}:")), "{out}");
     let d = env.start();
     assert_eq!(d.stop(), 0);
     // the restart did not sign over it: the tail was set aside and the log says so
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(&format!("FAULT: seq {bad}:")) && out.contains("quarantine"),
@@ -640,7 +617,7 @@ async fn a_record_rewritten_and_re_chained_after_a_crash_is_quarantined_and_name
         .join(format!("quarantine-{bad:020}.log"));
     let held = std::fs::read_to_string(&q).unwrap();
     assert!(held.contains("tail/innocent"), "{held}");
-    let recs = records(&env);
+    let recs = audit_records(&env);
     assert!(!recs
         .iter()
         .any(|r| r.resources.iter().any(|x| x.contains("tail/innocent"))));

@@ -19,37 +19,12 @@ const AUD: &str = "https://keygate.test";
 /// A secret as List shows it: path, current version, (version, deleted, destroyed).
 type SecretState = (String, u64, Vec<(u64, bool, bool)>);
 
-fn records(env: &TestEnv) -> Vec<Record> {
-    let dir = env.paths.dir.join("audit");
-    let mut out = Vec::new();
-    for s in keygate::audit::writer::segments(&dir).unwrap() {
-        for line in std::fs::read_to_string(s).unwrap().lines() {
-            if let Ok(r) = serde_json::from_str::<Record>(line) {
-                out.push(r);
-            }
-        }
-    }
-    out
-}
-
 fn audit_bytes(env: &TestEnv) -> u64 {
     keygate::audit::writer::segments(&env.paths.dir.join("audit"))
         .unwrap()
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .sum()
-}
-
-fn verify_cli(env: &TestEnv) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(["audit", "verify"])
-        .arg(env.paths.dir.join("audit"))
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
-    )
 }
 
 /// Every keygate method from the compiled descriptors: (name, server-streaming).
@@ -157,7 +132,7 @@ async fn every_method_in_the_descriptors_writes_one_outcome_record_per_call() {
         refused.0
     );
     assert_eq!(d.stop(), 0);
-    let recs = records(&env);
+    let recs = audit_records(&env);
     let mut by_id: HashMap<&str, Vec<&Record>> = HashMap::new();
     for r in recs.iter().filter(|r| r.kind == Kind::Request) {
         if let Some(id) = r.request_id.as_deref() {
@@ -184,7 +159,7 @@ async fn every_method_in_the_descriptors_writes_one_outcome_record_per_call() {
     for d in ["allow", "deny", "error"] {
         assert!(decisions.contains(d), "no {d} call among {decisions:?}");
     }
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -272,7 +247,7 @@ async fn hostile_sizes_are_refused_by_name_and_cost_a_few_kib_of_audit() {
         .is_empty());
     assert_eq!(d.stop(), 0);
     // the long strings are held as a prefix, a length and an HMAC reference
-    let recs = records(&env);
+    let recs = audit_records(&env);
     let longest = recs
         .iter()
         .map(|r| serde_json::to_string(r).unwrap().len())
@@ -283,7 +258,7 @@ async fn hostile_sizes_are_refused_by_name_and_cost_a_few_kib_of_audit() {
         .resources
         .iter()
         .any(|x| x.contains("3145733 bytes, hmac-sha256:"))));
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
 }
 
@@ -649,7 +624,7 @@ async fn kill9_in_a_loop_every_stored_change_and_every_answer_has_its_record() {
         .into_inner()
         .secrets;
     assert_eq!(d.stop(), 0);
-    let recs = records(&env);
+    let recs = audit_records(&env);
     let count = |op: &str, decision: &str, resource: &str| {
         recs.iter()
             .filter(|r| {
@@ -719,7 +694,7 @@ async fn kill9_in_a_loop_every_stored_change_and_every_answer_has_its_record() {
         acked.len(),
         deleted_acked.len()
     );
-    let (code, out) = verify_cli(&env);
+    let (code, out) = audit_verify(&env);
     assert_eq!(code, 0, "{out}");
 }
 

@@ -176,25 +176,15 @@ impl RpcScope {
         if d.dropped > 0 {
             resources.push(format!("…{} more", d.dropped));
         }
-        Record {
-            seq: 0,
-            time: crate::audit::writer::now_rfc3339(),
-            node: String::new(),
-            kind: Kind::Request,
-            prev: String::new(),
-            request_id: Some(self.0.request_id.clone()),
-            op: Some(self.0.rpc.to_string()),
-            caller: Some(who),
-            resources,
-            decision: Some(decision.to_string()),
-            reason: reason.map(|r| bounded(&self.0.state, &r)),
-            status: status.map(|c| crate::metrics::code_name(c).to_string()),
-            sig: None,
-            truncated_bytes: None,
-            key: None,
-            unverified: None,
-            seal: None,
-        }
+        let mut r = Record::new(Kind::Request);
+        r.request_id = Some(self.0.request_id.clone());
+        r.op = Some(self.0.rpc.to_string());
+        r.caller = Some(who);
+        r.resources = resources;
+        r.decision = Some(decision.to_string());
+        r.reason = reason.map(|r| bounded(&self.0.state, &r));
+        r.status = status.map(|c| crate::metrics::code_name(c).to_string());
+        r
     }
 
     /// Writes the intent record, durably, before a state change: if it cannot be written the

@@ -396,25 +396,7 @@ impl State {
     }
 
     fn checkpoint_record(&self) -> Record {
-        Record {
-            seq: 0,
-            time: now_rfc3339(),
-            node: String::new(),
-            kind: Kind::Checkpoint,
-            prev: String::new(),
-            request_id: None,
-            op: None,
-            caller: None,
-            resources: Vec::new(),
-            decision: None,
-            reason: None,
-            status: None,
-            sig: None,
-            truncated_bytes: None,
-            key: None,
-            unverified: None,
-            seal: None,
-        }
+        Record::new(Kind::Checkpoint)
     }
 
     fn checkpoint(&mut self) -> Result<(), AuditError> {

@@ -350,3 +350,28 @@ pub async fn https_get(env: &TestEnv, addr: SocketAddr, path: &str) -> (u16, Str
         .unwrap_or_default();
     (status, body)
 }
+
+/// Every record of the environment's audit log, in order.
+pub fn audit_records(env: &TestEnv) -> Vec<keygate::audit::record::Record> {
+    let dir = env.paths.dir.join("audit");
+    let mut out = Vec::new();
+    for s in keygate::audit::writer::segments(&dir).unwrap() {
+        for l in std::fs::read_to_string(s).unwrap().lines() {
+            out.push(serde_json::from_str(l).unwrap());
+        }
+    }
+    out
+}
+
+/// `keygate audit verify` on the environment's log: (exit code, stdout + stderr).
+pub fn audit_verify(env: &TestEnv) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(["audit", "verify"])
+        .arg(env.paths.dir.join("audit"))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}

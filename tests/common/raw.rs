@@ -71,28 +71,22 @@ pub async fn call(
         req.metadata_mut()
             .insert("authorization", format!("Bearer {b}").parse().unwrap());
     }
-    if streaming {
-        match grpc.server_streaming(req, path, RawCodec).await {
-            Ok(r) => Answer {
-                code: tonic::Code::Ok,
-                request_id: request_id(r.metadata()),
-            },
-            Err(s) => Answer {
-                code: s.code(),
-                request_id: request_id(s.metadata()),
-            },
-        }
+    let r = if streaming {
+        grpc.server_streaming(req, path, RawCodec)
+            .await
+            .map(|r| request_id(r.metadata()))
     } else {
         let r: Result<Response<Vec<u8>>, Status> = grpc.unary(req, path, RawCodec).await;
-        match r {
-            Ok(r) => Answer {
-                code: tonic::Code::Ok,
-                request_id: request_id(r.metadata()),
-            },
-            Err(s) => Answer {
-                code: s.code(),
-                request_id: request_id(s.metadata()),
-            },
-        }
+        r.map(|r| request_id(r.metadata()))
+    };
+    match r {
+        Ok(request_id) => Answer {
+            code: tonic::Code::Ok,
+            request_id,
+        },
+        Err(s) => Answer {
+            code: s.code(),
+            request_id: request_id(s.metadata()),
+        },
     }
 }
