@@ -208,14 +208,24 @@ async fn agent_renders_follows_rotation_reconnects_and_keeps_old_files_on_errors
     let w = world().await;
     let d = w.env.start();
     let p1 = marker("agentpw");
-    assert!(w
-        .env
-        .cli(
+    // shop/db has a rotation policy whose first run starts with the daemon: while that
+    // rotation is in flight a write is refused (FAILED_PRECONDITION), so retry briefly
+    let mut put = None;
+    for _ in 0..50 {
+        let out = w.env.cli(
             &d,
-            &["put", "shop/db", &format!("password={p1}"), "user=web"]
-        )
-        .status
-        .success());
+            &["put", "shop/db", &format!("password={p1}"), "user=web"],
+        );
+        if out.status.success() {
+            put = None;
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains("rotation"), "{err}");
+        put = Some(err);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(put.is_none(), "{put:?}");
     assert!(w
         .env
         .cli(&d, &["put", "shop/app", "mode=blue"])
