@@ -761,3 +761,296 @@ async fn health_goes_not_serving_at_shutdown_and_reflection_also_serves_v1alpha(
     let took = asked.elapsed();
     assert!(took < std::time::Duration::from_secs(15), "{took:?}");
 }
+
+/// An allowed call of every method the descriptors list, each recorded once as `allow`. The
+/// table is checked against the descriptors: a new RPC fails this test until it has a case.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_method_in_the_descriptors_has_an_allowed_call_recorded_once() {
+    let env = TestEnv::new();
+    let key = with_static_issuer(&env);
+    env.append_config(&format!(
+        r#"
+[[roles]]
+name = "dbapp"
+issuer = "static"
+bound_subject = "x"
+scopes = ["read:app/*", "db:plain"]
+
+[[rotations]]
+path = "app/rot"
+every = "24h"
+
+[rotations.fields.password]
+generator = "password"
+
+[[databases]]
+name = "main"
+url = "{}"
+
+[[databases.roles]]
+name = "plain"
+default_ttl = "30s"
+max_ttl = "1m"
+"#,
+        common::pg::url()
+    ));
+    let new_kek = env.paths.dir.join("kek-2");
+    keygate::secrets::kek::generate_file(&new_kek).unwrap();
+    let d = env.start();
+    let admin = env.admin_channel(&d).await;
+    let anon = env.channel_as(&d, None).await;
+    let token = platform_token(&key);
+    let cred = pb::token_exchange_client::TokenExchangeClient::new(anon.clone())
+        .exchange(pb::ExchangeRequest {
+            subject_token: token.clone(),
+            role: "dbapp".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let fields = |k: &str, v: &[u8]| HashMap::from([(k.to_string(), v.to_vec())]);
+    let mut password = HashMap::new();
+    password.insert(
+        "password".to_string(),
+        pb::FieldGenerator {
+            generator: "password".into(),
+            ..Default::default()
+        },
+    );
+    // (method, body, as the credential instead of the admin), in the order they run
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "keygate.v1.Secrets/Put",
+            pb::PutSecretRequest {
+                path: "app/x".into(),
+                fields: fields("v", b"1"),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Secrets/Get",
+            pb::GetSecretRequest {
+                path: "app/x".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            true,
+        ),
+        (
+            "keygate.v1.Secrets/List",
+            pb::ListSecretsRequest::default().encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Secrets/Delete",
+            pb::VersionsRequest {
+                path: "app/x".into(),
+                versions: vec![],
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Secrets/Undelete",
+            pb::VersionsRequest {
+                path: "app/x".into(),
+                versions: vec![],
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Secrets/Destroy",
+            pb::VersionsRequest {
+                path: "app/x".into(),
+                versions: vec![1],
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Secrets/Watch",
+            pb::WatchRequest {
+                paths: vec!["app/x".into()],
+                prefixes: vec![],
+            }
+            .encode_to_vec(),
+            true,
+        ),
+        (
+            "keygate.v1.TokenExchange/Exchange",
+            pb::ExchangeRequest {
+                subject_token: token.clone(),
+                role: "app".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Leases/Renew",
+            pb::RenewLeaseRequest::default().encode_to_vec(),
+            true,
+        ),
+        (
+            "keygate.v1.Leases/List",
+            pb::ListLeasesRequest::default().encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Leases/RevokePrefix",
+            pb::RevokePrefixRequest {
+                prefix: "none/".into(),
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.DatabaseCredentials/Generate",
+            pb::GenerateDatabaseCredentialsRequest {
+                role: "plain".into(),
+                ttl_seconds: 0,
+            }
+            .encode_to_vec(),
+            true,
+        ),
+        (
+            "keygate.v1.Admin/RotateKek",
+            pb::RotateKekRequest {
+                new_kek_file: new_kek.display().to_string(),
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/ReloadConfig",
+            pb::ReloadConfigRequest {}.encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/ServerInfo",
+            pb::ServerInfoRequest {}.encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/Explain",
+            pb::ExplainRequest {
+                token: token.clone(),
+                role: "app".into(),
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/ListRoles",
+            pb::ListRolesRequest {}.encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/GetRole",
+            pb::GetRoleRequest { name: "app".into() }.encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/RotateSigningKey",
+            pb::RotateSigningKeyRequest {}.encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/AuditHead",
+            pb::AuditHeadRequest {}.encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/AuditHash",
+            pb::AuditHashRequest {
+                value: b"v".to_vec(),
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/RotateSecret",
+            pb::RotateSecretRequest {
+                path: "app/rot".into(),
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/GetRotationStatus",
+            pb::RotationStatusRequest::default().encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/SetRotationPolicy",
+            pb::RotationPolicy {
+                path: "app/rot2".into(),
+                every: "24h".into(),
+                fields: password,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        (
+            "keygate.v1.Admin/DeleteRotationPolicy",
+            pb::DeleteRotationPolicyRequest {
+                path: "app/rot2".into(),
+            }
+            .encode_to_vec(),
+            false,
+        ),
+        // last: revoking its own lease also drops the database user it generated
+        (
+            "keygate.v1.Leases/Revoke",
+            pb::RevokeLeaseRequest::default().encode_to_vec(),
+            true,
+        ),
+    ];
+    let listed: HashSet<String> = cases.iter().map(|c| c.0.to_string()).collect();
+    let described: HashSet<String> = methods_from_descriptors()
+        .into_iter()
+        .map(|m| m.0)
+        .collect();
+    assert_eq!(listed, described, "every method needs an allowed case here");
+    let streaming: HashSet<String> = methods_from_descriptors()
+        .into_iter()
+        .filter(|m| m.1)
+        .map(|m| m.0)
+        .collect();
+    let mut ids = Vec::new();
+    for (m, body, as_cred) in cases {
+        let ch = if as_cred { anon.clone() } else { admin.clone() };
+        let bearer = as_cred.then_some(cred.as_str());
+        let mut a = raw::call(ch.clone(), m, body.clone(), bearer, streaming.contains(m)).await;
+        // the rotation its policy starts at boot may still be in flight: a second one waits
+        for _ in 0..50 {
+            if a.code != tonic::Code::Aborted {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            a = raw::call(ch.clone(), m, body.clone(), bearer, streaming.contains(m)).await;
+        }
+        assert_eq!(a.code, tonic::Code::Ok, "{m}");
+        ids.push((m, a.request_id.unwrap()));
+    }
+    assert_eq!(d.stop(), 0);
+    let recs = audit_records(&env);
+    for (m, id) in ids {
+        let outcomes: Vec<&Record> = recs
+            .iter()
+            .filter(|r| {
+                r.request_id.as_deref() == Some(id.as_str())
+                    && r.decision.as_deref() != Some("intent")
+            })
+            .collect();
+        assert_eq!(outcomes.len(), 1, "{m}");
+        assert_eq!(outcomes[0].op.as_deref(), Some(m));
+        assert_eq!(outcomes[0].decision.as_deref(), Some("allow"), "{m}");
+    }
+}
