@@ -292,6 +292,8 @@ struct RawIssuer {
     #[serde(default = "default_leeway")]
     leeway_secs: u64,
     max_token_age_secs: Option<u64>,
+    #[serde(default = "default_max_token_lifetime")]
+    max_token_lifetime_secs: u64,
     #[serde(default)]
     refuse_jti_replay: bool,
     ca_file: Option<PathBuf>,
@@ -346,6 +348,10 @@ struct RawRole {
     cap_at_token_expiry: bool,
     #[serde(default)]
     allow_pull_request_target: bool,
+}
+
+fn default_max_token_lifetime() -> u64 {
+    86_400
 }
 
 fn default_ttl() -> u64 {
@@ -1067,6 +1073,12 @@ fn parse_identity(
                 "keygate's audience for this issuer must not be empty".into(),
             ));
         }
+        if !(60..=31 * 86_400).contains(&r.max_token_lifetime_secs) {
+            return Err(e(
+                "max_token_lifetime_secs",
+                "must be between 60 and 2678400 seconds".into(),
+            ));
+        }
         if r.leeway_secs > 300 {
             return Err(e("leeway_secs", "at most 300 seconds".into()));
         }
@@ -1087,6 +1099,7 @@ fn parse_identity(
             allow_extra_audiences: r.allow_extra_audiences,
             leeway_secs: r.leeway_secs,
             max_token_age_secs: r.max_token_age_secs.unwrap_or(p.max_token_age_secs),
+            max_token_lifetime_secs: r.max_token_lifetime_secs,
             refuse_jti_replay: r.refuse_jti_replay,
             shared,
             ca_file,

@@ -605,6 +605,61 @@ async fn attack_matrix() {
         attacker.hits()
     );
 
+    // RFC 7515 §4.1.11: `crit` lists extensions keygate does not implement (even `[]`);
+    // NumericDates must be plain numbers in [0, year 9999]; exp - iat at most 24 h by default
+    let admin = w.env.admin_channel(&d).await;
+    let explain = |token: String| {
+        let admin = admin.clone();
+        async move {
+            pb::admin_client::AdminClient::new(admin)
+                .explain(pb::ExplainRequest {
+                    token,
+                    role: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token_error
+        }
+    };
+    let mut refused: Vec<(String, &str)> = Vec::new();
+    for crit in [vec!["exp".to_string()], vec![]] {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("rsa-1".into());
+        h.crit = Some(crit);
+        refused.push((w.rsa.sign_with(h, &good), "critical extensions"));
+    }
+    for (claim, value) in [
+        ("exp", json!(1e20)),
+        ("exp", json!(-5)),
+        ("exp", json!(253_402_300_800u64)),
+        ("iat", json!(-1.5)),
+        ("nbf", json!(1e300)),
+    ] {
+        let mut t = good.clone();
+        t[claim] = value;
+        refused.push((w.rsa.sign(&t), "NumericDate"));
+    }
+    let mut t = good.clone();
+    t["exp"] = json!(n + 25 * 3600);
+    refused.push((w.rsa.sign(&t), "lifetime"));
+    for (token, why) in refused {
+        assert_eq!(
+            code(exchange(&ch, &token, "deploy", &[]).await),
+            "invalid_token",
+            "{why}"
+        );
+        let err = explain(token).await;
+        assert!(err.contains(why), "{why}: {err}");
+    }
+    // a fractional NumericDate within range is fine (RFC 7519 §2)
+    let mut t = good.clone();
+    t["exp"] = json!(n as f64 + 120.5);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&t), "deploy", &[]).await),
+        "ok"
+    );
+
     // a 1 MiB token is refused before parsing
     let big = "a".repeat(1024 * 1024);
     assert_eq!(

@@ -35,6 +35,8 @@ pub struct IssuerConfig {
     pub leeway_secs: u64,
     /// Refuse tokens issued longer ago than this (`now - iat`).
     pub max_token_age_secs: u64,
+    /// Refuse tokens meant to live longer than this (`exp - iat`; default 24 h).
+    pub max_token_lifetime_secs: u64,
     /// Refuse a `jti` seen before (until `exp` + leeway).
     pub refuse_jti_replay: bool,
     /// Is the issuer shared by many tenants (github.com Actions, Buildkite, gitlab.com)?

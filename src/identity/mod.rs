@@ -70,7 +70,20 @@ pub enum VerifyError {
     /// The replay store failed.
     #[error("replay store unavailable: {0}")]
     Store(String),
+    /// The header lists critical extensions (`crit`); keygate implements none (RFC 7515
+    /// §4.1.11: the token must be refused).
+    #[error("header lists critical extensions (crit) keygate does not implement")]
+    Critical,
+    /// A NumericDate claim outside [0, 253402300799] (year 9999) or not a plain number.
+    #[error("claim {0:?} is not a NumericDate in the accepted range")]
+    TimeOutOfRange(&'static str),
+    /// `exp - iat` longer than the issuer's maximum token lifetime.
+    #[error("token lifetime (exp - iat) exceeds the maximum of {0} s")]
+    LifetimeTooLong(u64),
 }
+
+/// The largest NumericDate accepted: 9999-12-31T23:59:59Z.
+pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 impl VerifyError {
     /// The stable reason code a caller sees.
@@ -90,7 +103,10 @@ impl VerifyError {
             | UnknownKey(_)
             | BadSignature
             | ClaimType(_)
-            | MissingClaim(_) => "invalid_token",
+            | MissingClaim(_)
+            | Critical
+            | TimeOutOfRange(_)
+            | LifetimeTooLong(_) => "invalid_token",
         }
     }
 }
@@ -128,20 +144,38 @@ fn time_claim(claims: &Value, name: &'static str) -> Result<Option<u64>, VerifyE
     match claims.get(name) {
         None => Ok(None),
         Some(Value::Number(n)) => {
-            if let Some(u) = n.as_u64() {
-                Ok(Some(u))
+            let secs = if let Some(u) = n.as_u64() {
+                u
             } else if let Some(f) = n.as_f64() {
-                if f.is_finite() && f >= 0.0 {
-                    Ok(Some(f as u64))
-                } else {
-                    Err(VerifyError::ClaimType(name))
+                // a fraction is allowed (RFC 7519 §2); negative, non-finite or huge is not
+                if !(f.is_finite() && f >= 0.0 && f <= MAX_NUMERIC_DATE as f64) {
+                    return Err(VerifyError::TimeOutOfRange(name));
                 }
+                f as u64
             } else {
-                Err(VerifyError::ClaimType(name))
+                return Err(VerifyError::TimeOutOfRange(name));
+            };
+            if secs > MAX_NUMERIC_DATE {
+                return Err(VerifyError::TimeOutOfRange(name));
             }
+            Ok(Some(secs))
         }
         Some(_) => Err(VerifyError::ClaimType(name)),
     }
+}
+
+/// Refuses a header with `crit` (any value, `[]` too): keygate understands no extension.
+fn refuse_crit(token: &str) -> Result<(), VerifyError> {
+    let header = token.split('.').next().unwrap_or("");
+    let bytes = B64URL
+        .decode(header)
+        .map_err(|_| VerifyError::Malformed("header is not base64url".into()))?;
+    let v: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| VerifyError::Malformed("header is not JSON".into()))?;
+    if v.get("crit").is_some() {
+        return Err(VerifyError::Critical);
+    }
+    Ok(())
 }
 
 /// The unverified `iss`, only to pick a configured issuer by exact match.
@@ -207,6 +241,7 @@ impl Verifier {
             .find(|r| r.cfg.issuer == iss)
             .ok_or_else(|| VerifyError::UntrustedIssuer(iss.chars().take(200).collect()))?;
         let cfg = &rt.cfg;
+        refuse_crit(token)?;
         // decode_header refuses `none` and unknown algorithms; `jku`, `x5u` and `jwk` are never read.
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| VerifyError::Malformed(format!("header: {e}")))?;
@@ -298,6 +333,9 @@ impl Verifier {
         if now.saturating_sub(iat) > cfg.max_token_age_secs {
             return Err(VerifyError::TooOld(cfg.max_token_age_secs));
         }
+        if exp.saturating_sub(iat) > cfg.max_token_lifetime_secs {
+            return Err(VerifyError::LifetimeTooLong(cfg.max_token_lifetime_secs));
+        }
         let mut replay = None;
         if cfg.refuse_jti_replay {
             let jti = match claims.get("jti") {
@@ -384,6 +422,7 @@ mod tests {
             allow_extra_audiences: false,
             leeway_secs: 30,
             max_token_age_secs: 600,
+            max_token_lifetime_secs: 86_400,
             refuse_jti_replay: false,
             shared: false,
             ca_file: None,
