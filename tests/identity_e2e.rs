@@ -672,6 +672,16 @@ async fn attack_matrix() {
     once["sub"] = json!("job-1");
     once["jti"] = json!("run-1-attempt-1");
     let tok = w.rsa.sign(&once);
+    // refused exchanges and Explain do not use the token up
+    assert_eq!(
+        code(exchange(&ch, &tok, "deploy", &[]).await),
+        "no_matching_role"
+    );
+    assert_eq!(
+        code(exchange(&ch, &tok, "once", &["read:nowhere/*"]).await),
+        "scope_not_allowed"
+    );
+    assert_eq!(explain(tok.clone()).await, "");
     assert_eq!(code(exchange(&ch, &tok, "once", &[]).await), "ok");
     assert_eq!(
         code(exchange(&ch, &tok, "once", &[]).await),
