@@ -1110,6 +1110,21 @@ fn parse_identity(
             max_response_bytes: r.max_response_bytes.clamp(1024, 4 * 1024 * 1024),
         });
     }
+    // a token is matched to an issuer by its exact `iss`: a second entry with the same one
+    // would silently never be used
+    for (i, a) in issuers.iter().enumerate() {
+        if let Some(b) = issuers[..i].iter().find(|b| b.issuer == a.issuer) {
+            return Err(ctx.err_at(
+                "issuers",
+                i,
+                "issuer",
+                format!(
+                    "issuers {:?} and {:?} both have issuer {:?}; a token's iss picks one issuer, so merge them",
+                    b.name, a.name, a.issuer
+                ),
+            ));
+        }
+    }
     let mut roles: Vec<Role> = Vec::new();
     for (i, r) in raw_roles.into_iter().enumerate() {
         let e = |key: &str, m: String| ctx.err_at("roles", i, key, m);

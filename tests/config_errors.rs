@@ -238,6 +238,11 @@ fn identity_config_refusals() {
     let gh = "[[issuers]]\nname = \"gh\"\npreset = \"github-actions\"\naudience = \"https://keygate.test\"\n";
     let cases: &[(&str, String, &[&str])] = &[
         (
+            "two issuers with the same iss",
+            format!("{gh}\n[[issuers]]\nname = \"gh2\"\npreset = \"github-actions\"\naudience = \"https://keygate.test\"\n"),
+            &["key `issuers[1].issuer`", "\"gh\" and \"gh2\"", "token.actions.githubusercontent.com"],
+        ),
+        (
             "role on a shared issuer pinning only the owner",
             format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nclaims = {{ repository_owner = \"acme\" }}\nscopes = [\"read:a/*\"]\n"),
             &["key `roles[0].claims`", "shared by every GitHub tenant", "repository_id"],
