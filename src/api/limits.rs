@@ -148,6 +148,24 @@ one_path!(
     pb::ListLeasesRequest => prefix
 );
 
+macro_rules! one_field {
+    ($($t:ty => $f:ident as $kind:ident),*) => {
+        $(impl Bounded for $t {
+            fn check(&self, l: &Limits) -> Result<(), ApiError> {
+                l.$kind(stringify!($f), &self.$f)
+            }
+        })*
+    };
+}
+
+one_field!(
+    pb::GetRoleRequest => name as role,
+    pb::GenerateDatabaseCredentialsRequest => role as role,
+    pb::RotateKekRequest => new_kek_file as string,
+    pb::RenewLeaseRequest => lease_id as string,
+    pb::RevokeLeaseRequest => lease_id as string
+);
+
 impl Bounded for pb::VersionsRequest {
     fn check(&self, l: &Limits) -> Result<(), ApiError> {
         l.path("path", &self.path)?;
@@ -229,24 +247,6 @@ impl Bounded for pb::ExplainRequest {
     }
 }
 
-impl Bounded for pb::GetRoleRequest {
-    fn check(&self, l: &Limits) -> Result<(), ApiError> {
-        l.role("name", &self.name)
-    }
-}
-
-impl Bounded for pb::GenerateDatabaseCredentialsRequest {
-    fn check(&self, l: &Limits) -> Result<(), ApiError> {
-        l.role("role", &self.role)
-    }
-}
-
-impl Bounded for pb::RotateKekRequest {
-    fn check(&self, l: &Limits) -> Result<(), ApiError> {
-        l.string("new_kek_file", &self.new_kek_file)
-    }
-}
-
 impl Bounded for pb::AuditHashRequest {
     fn check(&self, l: &Limits) -> Result<(), ApiError> {
         l.len(
@@ -255,18 +255,6 @@ impl Bounded for pb::AuditHashRequest {
             self.value.len(),
             l.max_field_value_bytes,
         )
-    }
-}
-
-impl Bounded for pb::RenewLeaseRequest {
-    fn check(&self, l: &Limits) -> Result<(), ApiError> {
-        l.string("lease_id", &self.lease_id)
-    }
-}
-
-impl Bounded for pb::RevokeLeaseRequest {
-    fn check(&self, l: &Limits) -> Result<(), ApiError> {
-        l.string("lease_id", &self.lease_id)
     }
 }
 
