@@ -426,6 +426,90 @@ async fn platform_tokens_exchange_and_one_claim_off_is_refused() {
         deploy.reason
     );
     assert!(ex.roles.iter().any(|r| r.role == "short" && r.matched));
+
+    // every failing condition of a role, not only the first: wrong ref, wrong event, no
+    // ref_protected
+    let mut t3 = t.clone();
+    t3["event_name"] = json!("pull_request");
+    t3.as_object_mut().unwrap().remove("ref_protected");
+    let ex = admin
+        .explain(pb::ExplainRequest {
+            token: w.rsa.sign(&t3),
+            role: "deploy".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let failed: Vec<(&str, &str, bool)> = ex.roles[0]
+        .failed
+        .iter()
+        .map(|f| (f.claim.as_str(), f.actual.as_str(), f.missing))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("event_name", "\"pull_request\"", false),
+            ("ref", "\"refs/heads/dev\"", false),
+            ("ref_protected", "", true),
+        ],
+        "{:?}",
+        ex.roles[0]
+    );
+
+    // the CLI: --json, exit 0 on a match, 1 when the named role does not match or the token
+    // is refused; a refused exchange points at explain
+    let tok = w.env.paths.dir.join("explain.jwt");
+    std::fs::write(&tok, w.rsa.sign(&t3)).unwrap();
+    let tokp = tok.to_str().unwrap();
+    let out = w
+        .env
+        .cli(&d, &["admin", "explain", "--token", tokp, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["token_valid"], json!(true));
+    let dep = doc["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["role"] == "deploy")
+        .unwrap();
+    assert_eq!(dep["failed"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(dep["failed"][2]["actual"], Value::Null);
+    let out = w.env.cli(
+        &d,
+        &["admin", "explain", "--token", tokp, "--role", "deploy"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ref_protected: missing"), "{text}");
+    let out = w.env.cli(
+        &d,
+        &["admin", "explain", "--token", tokp, "--role", "short"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut expired = t3.clone();
+    expired["exp"] = json!(now() - 3600);
+    expired["iat"] = json!(now() - 4000);
+    std::fs::write(&tok, w.rsa.sign(&expired)).unwrap();
+    let out = w
+        .env
+        .cli(&d, &["admin", "explain", "--token", tokp, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["token_code"], json!("token_expired"), "{doc}");
+    std::fs::write(&tok, w.rsa.sign(&t3)).unwrap();
+    let out = w.env.cli_with(
+        &d,
+        &["exchange", "--role", "deploy", "--token-file", tokp],
+        None,
+        false,
+    );
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no_matching_role") && err.contains("keygate admin explain"),
+        "{err}"
+    );
     let roles = admin
         .list_roles(pb::ListRolesRequest {})
         .await

@@ -154,10 +154,22 @@ impl pb::admin_server::Admin for AdminApi {
                     roles: trust
                         .decide(&v, only)
                         .into_iter()
-                        .map(|d| pb::RoleMatch {
-                            role: d.role.name.clone(),
-                            matched: d.result.is_ok(),
-                            reason: d.result.err().unwrap_or_default(),
+                        .map(|d| {
+                            let failed = d.result.err().unwrap_or_default();
+                            pb::RoleMatch {
+                                role: d.role.name.clone(),
+                                matched: failed.is_empty(),
+                                reason: crate::policy::describe_all(&failed),
+                                failed: failed
+                                    .into_iter()
+                                    .map(|m| pb::FailedCondition {
+                                        missing: m.actual.is_none(),
+                                        actual: m.actual.unwrap_or_default(),
+                                        claim: m.claim,
+                                        expected: m.expected,
+                                    })
+                                    .collect(),
+                            }
                         })
                         .collect(),
                 }),

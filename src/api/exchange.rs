@@ -139,7 +139,12 @@ impl ExchangeApi {
         // a configured name only: the role a caller typed is not recorded as its role
         scope.caller(|c| c.role = Some(role.name.clone()));
         role.check(&v.issuer.name, v.issuer.platform, &v.claims)
-            .map_err(|m| refuse("no_matching_role", format!("role {}: {}", role.name, m.0)))?;
+            .map_err(|m| {
+                refuse(
+                    "no_matching_role",
+                    format!("role {}: {}", role.name, crate::policy::describe_all(&m)),
+                )
+            })?;
         let granted = scope::intersect(&requested, &role.scopes);
         if granted.is_empty() {
             return Err(refuse(

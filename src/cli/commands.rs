@@ -540,7 +540,24 @@ pub async fn exchange(
             audience: String::new(),
         })
         .await
-        .map_err(status_error)?
+        .map_err(|s| {
+            // the caller learns a reason code only; the admin's explain shows the rest
+            let hint = match s.message() {
+                "no_matching_role"
+                | "scope_not_allowed"
+                | "invalid_token"
+                | "invalid_audience"
+                | "token_expired"
+                | "token_not_yet_valid"
+                | "token_too_old"
+                | "untrusted_issuer"
+                | "token_replayed" => {
+                    "\n  an admin can see why: keygate admin explain --token FILE --role ROLE"
+                }
+                _ => "",
+            };
+            anyhow!("{}{hint}", status_error(s))
+        })?
         .into_inner();
     let credential = Zeroizing::new(r.access_token.clone());
     match out {
@@ -578,8 +595,14 @@ pub async fn exchange(
     Ok(())
 }
 
-/// `keygate admin explain`.
-pub async fn explain(conn: &Conn, token: &Path, role: Option<&str>) -> anyhow::Result<()> {
+/// `keygate admin explain`: exits non-zero when the token itself is refused, or when `role`
+/// is named and does not match.
+pub async fn explain(
+    conn: &Conn,
+    token: &Path,
+    role: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     let t = platform_token(TokenSource::File(token.to_path_buf())).await?;
     let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
     let r = c
@@ -590,17 +613,60 @@ pub async fn explain(conn: &Conn, token: &Path, role: Option<&str>) -> anyhow::R
         .await
         .map_err(status_error)?
         .into_inner();
-    if !r.token_valid {
+    if json {
+        let roles: Vec<serde_json::Value> = r
+            .roles
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "role": m.role,
+                    "matched": m.matched,
+                    "failed": m.failed.iter().map(|f| serde_json::json!({
+                        "claim": f.claim,
+                        "expected": f.expected,
+                        "actual": if f.missing { serde_json::Value::Null } else { serde_json::Value::String(f.actual.clone()) },
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "token_valid": r.token_valid,
+            "token_code": (!r.token_valid).then_some(&r.token_code),
+            "token_error": (!r.token_valid).then_some(&r.token_error),
+            "issuer": r.token_valid.then_some(&r.issuer),
+            "roles": roles,
+        });
+        println!("{doc}");
+    } else if !r.token_valid {
         println!("token refused: {} ({})", r.token_code, r.token_error);
-        return Ok(());
-    }
-    println!("token valid, issuer {}", r.issuer);
-    for m in r.roles {
-        if m.matched {
-            println!("  {}: matches", m.role);
-        } else {
-            println!("  {}: no match: {}", m.role, m.reason);
+    } else {
+        println!("token valid, issuer {}", r.issuer);
+        for m in &r.roles {
+            if m.matched {
+                println!("  {}: matches", m.role);
+            } else {
+                println!("  {}: no match", m.role);
+                for f in &m.failed {
+                    if f.missing {
+                        println!("    - {}: missing; required {}", f.claim, f.expected);
+                    } else {
+                        println!(
+                            "    - {}: is {}; required {}",
+                            f.claim, f.actual, f.expected
+                        );
+                    }
+                }
+            }
         }
+    }
+    if !r.token_valid {
+        return Err(anyhow!("token refused: {}", r.token_code));
+    }
+    if role.is_some() && !r.roles.iter().any(|m| m.matched) {
+        return Err(anyhow!(
+            "the token does not match role {}",
+            role.unwrap_or("")
+        ));
     }
     Ok(())
 }

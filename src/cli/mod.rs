@@ -422,11 +422,14 @@ enum AdminCommand {
     /// Explain which roles a platform token gets, and why not the others.
     Explain {
         /// File holding the token (`-` for stdin).
-        #[arg(long)]
+        #[arg(long, visible_alias = "token-file")]
         token: PathBuf,
-        /// Only this role.
+        /// Only this role (then: exit 1 unless it matches).
         #[arg(long)]
         role: Option<String>,
+        /// One JSON document: token_valid, token_code, issuer, roles[{role, matched, failed[{claim, expected, actual}]}].
+        #[arg(long)]
+        json: bool,
     },
     /// List the configured roles.
     Roles,
@@ -689,7 +692,9 @@ pub async fn run(cli: Cli) -> i32 {
             AdminCommand::RotateKek { new_kek } => rotate_kek(&conn, &new_kek).await,
             AdminCommand::Reload => reload(&conn).await,
             AdminCommand::Info => info(&conn).await,
-            AdminCommand::Explain { token, role } => explain(&conn, &token, role.as_deref()).await,
+            AdminCommand::Explain { token, role, json } => {
+                explain(&conn, &token, role.as_deref(), json).await
+            }
             AdminCommand::Roles => roles(&conn).await,
             AdminCommand::Revoke { lease_id } => revoke(&conn, &lease_id, false).await,
             AdminCommand::RevokePrefix { prefix } => revoke(&conn, &prefix, true).await,

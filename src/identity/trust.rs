@@ -19,8 +19,8 @@ pub struct Trust {
 pub struct RoleDecision<'a> {
     /// The role.
     pub role: &'a Role,
-    /// `Err` holds the first failed condition.
-    pub result: Result<(), String>,
+    /// `Err` holds every failed condition.
+    pub result: Result<(), Vec<crate::policy::Mismatch>>,
 }
 
 impl Trust {
@@ -59,9 +59,7 @@ impl Trust {
             .into_iter()
             .map(|role| RoleDecision {
                 role,
-                result: role
-                    .check(&v.issuer.name, v.issuer.platform, &v.claims)
-                    .map_err(|m| m.0),
+                result: role.check(&v.issuer.name, v.issuer.platform, &v.claims),
             })
             .collect()
     }

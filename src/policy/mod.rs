@@ -151,23 +151,59 @@ pub struct Role {
     pub allow_pull_request_target: bool,
 }
 
-/// Why a role did not match: the first failed condition, with the claim's value.
+/// One condition of a role that a token does not meet: the claim, what the role requires and
+/// what the token has (`None`: the claim is absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mismatch(pub String);
+pub struct Mismatch {
+    /// Claim name or JSON pointer (`iss` for the issuer, `event_name` for the GitHub guard).
+    pub claim: String,
+    /// What the role requires, in words.
+    pub expected: String,
+    /// The token's value as JSON text; `None` when the claim is missing.
+    pub actual: Option<String>,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.actual {
+            None => write!(
+                f,
+                "claim {:?} is missing; role requires {}",
+                self.claim, self.expected
+            ),
+            Some(a) => write!(
+                f,
+                "claim {:?} is {a}; role requires {}",
+                self.claim, self.expected
+            ),
+        }
+    }
+}
+
+/// Joins mismatches for a log line or an Explain reason.
+pub fn describe_all(m: &[Mismatch]) -> String {
+    m.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 impl Role {
-    /// Checks the token's claims against every condition; the error is the first that failed.
+    /// Checks the token's claims against every condition; the error lists every condition that
+    /// failed (not only the first), in config order.
     pub fn check(
         &self,
         issuer_name: &str,
         platform: Platform,
         claims: &Value,
-    ) -> Result<(), Mismatch> {
+    ) -> Result<(), Vec<Mismatch>> {
+        let mut failed = Vec::new();
         if issuer_name != self.issuer {
-            return Err(Mismatch(format!(
-                "token is from issuer {issuer_name:?}, role accepts {:?}",
-                self.issuer
-            )));
+            failed.push(Mismatch {
+                claim: "iss".into(),
+                expected: format!("a token of issuer {:?}", self.issuer),
+                actual: Some(format!("{issuer_name:?}")),
+            });
         }
         let mut conds: Vec<(&str, &Matcher)> = Vec::new();
         if let Some(m) = &self.bound_subject {
@@ -175,33 +211,42 @@ impl Role {
         }
         conds.extend(self.claims.iter().map(|(k, m)| (k.as_str(), m)));
         for (name, m) in conds {
-            let Some(v) = lookup(claims, name) else {
-                return Err(Mismatch(format!(
-                    "claim {name:?} is missing; role requires {}",
-                    m.describe()
-                )));
-            };
-            let texts = claim_texts(v);
-            if !texts.iter().any(|t| m.accepts(t)) {
-                return Err(Mismatch(format!(
-                    "claim {name:?} is {}; role requires {}",
-                    serde_json::to_string(v).unwrap_or_default(),
-                    m.describe()
-                )));
+            match lookup(claims, name) {
+                None => failed.push(Mismatch {
+                    claim: name.to_string(),
+                    expected: m.describe(),
+                    actual: None,
+                }),
+                Some(v) => {
+                    if !claim_texts(v).iter().any(|t| m.accepts(t)) {
+                        failed.push(Mismatch {
+                            claim: name.to_string(),
+                            expected: m.describe(),
+                            actual: Some(serde_json::to_string(v).unwrap_or_default()),
+                        });
+                    }
+                }
             }
         }
         if platform == Platform::GithubActions && !self.allow_pull_request_target {
             if let Some(Value::String(ev)) = claims.get("event_name") {
                 if ev == "pull_request_target" {
-                    return Err(Mismatch(
-                        "event_name is \"pull_request_target\" (runs with the base branch's context on \
-                         code from a fork); the role does not set allow_pull_request_target"
+                    failed.push(Mismatch {
+                        claim: "event_name".into(),
+                        expected: "not \"pull_request_target\" (it runs with the base branch's \
+                                   context on code from a fork; the role does not set \
+                                   allow_pull_request_target)"
                             .into(),
-                    ));
+                        actual: Some("\"pull_request_target\"".into()),
+                    });
                 }
             }
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
     }
 
     /// Refuses roles that any tenant of a shared issuer could satisfy. `shared` is true for
@@ -336,11 +381,31 @@ mod tests {
         let mut bad = claims.clone();
         bad["kubernetes.io"]["namespace"] = json!("dev");
         let e = r.check("gh", Platform::Generic, &bad).unwrap_err();
-        assert!(
-            e.0.contains("/kubernetes.io/namespace") && e.0.contains("\"dev\""),
-            "{e:?}"
+        assert_eq!(
+            e,
+            vec![Mismatch {
+                claim: "/kubernetes.io/namespace".into(),
+                expected: "= \"prod\"".into(),
+                actual: Some("\"dev\"".into()),
+            }]
         );
         assert!(r.check("other", Platform::Generic, &claims).is_err());
+        // every failing condition is listed, in order, missing claims included
+        bad["runner_id"] = json!(7);
+        bad.as_object_mut().unwrap().remove("ref_protected");
+        let e = r.check("other", Platform::Generic, &bad).unwrap_err();
+        let names: Vec<&str> = e.iter().map(|m| m.claim.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "iss",
+                "/kubernetes.io/namespace",
+                "ref_protected",
+                "runner_id"
+            ]
+        );
+        assert_eq!(e[2].actual, None);
+        assert!(describe_all(&e).contains("claim \"ref_protected\" is missing"));
     }
 
     #[test]
@@ -348,7 +413,8 @@ mod tests {
         let claims = json!({"repository": "acme/app", "event_name": "pull_request_target"});
         let mut r = role(&[("repository", ex("acme/app"))], None);
         let e = r.check("gh", Platform::GithubActions, &claims).unwrap_err();
-        assert!(e.0.contains("pull_request_target"));
+        assert_eq!(e.len(), 1);
+        assert!(e[0].to_string().contains("pull_request_target"), "{}", e[0]);
         r.allow_pull_request_target = true;
         assert!(r.check("gh", Platform::GithubActions, &claims).is_ok());
     }
