@@ -340,6 +340,67 @@ scopes = ["read:x/*"]
         "child user outlived its credential"
     );
 
+    // a user never outlives the credential that asked for it: a 4 s credential gets a user
+    // capped at 4 s (the role's default is 30 s), renewals cannot extend it, and the user is
+    // dropped when the credential expires
+    let brief = pb::token_exchange_client::TokenExchangeClient::new(ch.clone())
+        .exchange(pb::ExchangeRequest {
+            subject_token: token("app"),
+            subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+            role: "app".into(),
+            ttl_seconds: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(brief.expires_in, 4);
+    let cred_exp = now() + 4;
+    let capped = dbc
+        .generate(bearer(
+            pb::GenerateDatabaseCredentialsRequest {
+                role: "ro".into(),
+                ttl_seconds: 0,
+            },
+            &brief.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let exp = capped.expires_at.as_ref().unwrap().seconds as u64;
+    assert!(
+        exp <= cred_exp + 1,
+        "user lease {exp} past credential {cred_exp}"
+    );
+    let until = pg::valid_until(&admin, &capped.username).await.unwrap() as u64;
+    assert!(until <= cred_exp + 1, "VALID UNTIL {until} past {cred_exp}");
+    let renewed = lc
+        .renew(bearer(
+            pb::RenewLeaseRequest {
+                lease_id: capped.lease_id.clone(),
+                increment_seconds: 60,
+            },
+            &brief.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let rexp = renewed.lease.unwrap().expires_at.unwrap().seconds as u64;
+    assert!(rexp <= cred_exp + 1, "renewed to {rexp}, past {cred_exp}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while pg::role_exists(&admin, &capped.username).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "user {} outlived its credential",
+            capped.username
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        now() >= cred_exp - 1,
+        "dropped before the credential expired"
+    );
+
     // an unreachable database: UNAVAILABLE, no user, the lease closed
     let e = generate(&ch, "unreachable", 0).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");

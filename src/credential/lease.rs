@@ -70,6 +70,9 @@ pub struct LeaseStore {
 /// catches up).
 const MAX_PENDING: usize = 50_000;
 
+/// Conflicts in a row after which a lease change gives up (and says so).
+const CAS_ATTEMPTS: usize = 64;
+
 /// Commits pending leases (each only if absent). Caller holds the flush lock.
 async fn flush_pending_locked(
     storage: &Arc<dyn Storage>,
@@ -227,20 +230,44 @@ impl LeaseStore {
     pub async fn update(
         &self,
         id: &str,
-        change: impl Fn(&mut Lease) -> bool,
+        change: impl FnMut(&mut Lease) -> bool,
     ) -> Result<Option<Lease>, StorageError> {
         self.flush_pending().await?;
-        for _ in 0..16 {
-            let Some(raw) = self.storage.get(&key(id)).await? else {
-                return Ok(None);
+        self.cas(id, None, change, |_| None).await
+    }
+
+    /// The one check-and-set loop of the lease store: reads the stored lease (or starts from
+    /// `first`, a copy already read), applies `change` and commits only if the stored bytes are
+    /// still those read; on a conflict it reads again and re-applies `change` to what won, so
+    /// a change is never reported done unless it was written. `None`: missing, or `change`
+    /// returned false. After `CAS_ATTEMPTS` conflicts in a row it gives up with `Conflict`
+    /// (the caller reports failure, never success).
+    async fn cas(
+        &self,
+        id: &str,
+        mut first: Option<Vec<u8>>,
+        mut change: impl FnMut(&mut Lease) -> bool,
+        notify: impl Fn(&Lease) -> Option<Vec<u8>>,
+    ) -> Result<Option<Lease>, StorageError> {
+        let k = key(id);
+        for _ in 0..CAS_ATTEMPTS {
+            let raw = match first.take() {
+                Some(raw) => raw,
+                None => match self.storage.get(&k).await? {
+                    Some(raw) => raw,
+                    None => return Ok(None),
+                },
             };
             let mut l: Lease = serde_json::from_slice(&raw).map_err(backend)?;
             if !change(&mut l) {
                 return Ok(None);
             }
-            let txn = Txn::default()
-                .expect(key(id), Some(raw))
-                .put(key(id), serde_json::to_vec(&l).map_err(backend)?);
+            let mut txn = Txn::default()
+                .expect(k.clone(), Some(raw))
+                .put(k.clone(), serde_json::to_vec(&l).map_err(backend)?);
+            if let Some(payload) = notify(&l) {
+                txn = txn.notify(payload);
+            }
             match self.storage.commit(txn).await {
                 Ok(()) => return Ok(Some(l)),
                 Err(StorageError::Conflict) => continue,
@@ -265,26 +292,21 @@ impl LeaseStore {
     /// is missing, revoked or expired.
     pub async fn renew(&self, id: &str, increment: u64) -> Result<Option<Lease>, StorageError> {
         self.flush_pending().await?;
-        for _ in 0..16 {
-            let Some(raw) = self.storage.get(&key(id)).await? else {
-                return Ok(None);
-            };
-            let mut l: Lease = serde_json::from_slice(&raw).map_err(backend)?;
-            let now = self.clock.now_millis() / 1000;
-            if l.revoked_at.is_some() || now >= l.expires_at {
-                return Ok(None);
-            }
-            l.expires_at = (now + increment).min(l.max_expires_at).max(l.expires_at);
-            let txn = Txn::default()
-                .expect(key(id), Some(raw))
-                .put(key(id), serde_json::to_vec(&l).map_err(backend)?);
-            match self.storage.commit(txn).await {
-                Ok(()) => return Ok(Some(l)),
-                Err(StorageError::Conflict) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(StorageError::Conflict)
+        let clock = self.clock.clone();
+        self.cas(
+            id,
+            None,
+            |l| {
+                let now = clock.now_millis() / 1000;
+                if l.revoked_at.is_some() || now >= l.expires_at {
+                    return false;
+                }
+                l.expires_at = (now + increment).min(l.max_expires_at).max(l.expires_at);
+                true
+            },
+            |_| None,
+        )
+        .await
     }
 
     /// Revokes every live lease whose id starts with `prefix` (an exact id revokes one).
@@ -306,22 +328,30 @@ impl LeaseStore {
             self.storage.scan_prefix(&key(prefix)).await?
         };
         for (k, raw) in rows {
-            let mut l: Lease = serde_json::from_slice(&raw).map_err(backend)?;
-            if l.revoked_at.is_some() {
-                continue;
-            }
-            l.revoked_at = Some(now);
-            let payload = serde_json::to_vec(&Revoked {
-                revoked: vec![l.lease_id.clone()],
-            })
-            .map_err(backend)?;
-            let txn = Txn::default()
-                .expect(k.clone(), Some(raw))
-                .put(k, serde_json::to_vec(&l).map_err(backend)?)
-                .notify(payload);
-            match self.storage.commit(txn).await {
-                Ok(()) | Err(StorageError::Conflict) => done.push(l.lease_id),
-                Err(e) => return Err(e),
+            let id = String::from_utf8_lossy(&k[2..]).into_owned();
+            // revoked by this call (Some) or already revoked before it (None): either way it
+            // is revoked when this returns; a concurrent renew makes `cas` read again
+            let revoked = self
+                .cas(
+                    &id,
+                    Some(raw),
+                    |l| {
+                        if l.revoked_at.is_some() {
+                            return false;
+                        }
+                        l.revoked_at = Some(now);
+                        true
+                    },
+                    |l| {
+                        serde_json::to_vec(&Revoked {
+                            revoked: vec![l.lease_id.clone()],
+                        })
+                        .ok()
+                    },
+                )
+                .await?;
+            if let Some(l) = revoked {
+                done.push(l.lease_id);
             }
         }
         Ok(done)
@@ -397,5 +427,57 @@ mod tests {
         // all 200 reached storage (a fresh store over the same storage sees them)
         let fresh = LeaseStore::new(storage, Arc::new(FixedClock::at(1_800_000_000_000)));
         assert_eq!(fresh.list("r/s/").await.unwrap().len(), 200);
+    }
+
+    /// A revoke racing renews is never lost: whenever revoke reports a lease revoked, the
+    /// stored lease is revoked, and no renew succeeds after the revoke returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn revoke_always_wins_over_concurrent_renews() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(SledStorage::open(dir.path()).unwrap());
+        let now = 1_800_000_000;
+        let s = Arc::new(LeaseStore::new(
+            storage,
+            Arc::new(FixedClock::at(now * 1000)),
+        ));
+        let mut contended = 0;
+        for i in 0..2000 {
+            let id = format!("r/s/{i}");
+            let mut l = lease(&id, now);
+            l.max_expires_at = now + 100_000;
+            s.create(&l).await.unwrap();
+            s.flush_pending().await.unwrap();
+            let renewers: Vec<_> = (0..3)
+                .map(|j| {
+                    let (s, id) = (s.clone(), id.clone());
+                    tokio::spawn(async move {
+                        let mut ok = 0;
+                        for k in 0..4 {
+                            if s.renew(&id, 100 + j * 10 + k).await.unwrap().is_some() {
+                                ok += 1;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            let done = s.revoke_prefix(&id, true).await.unwrap();
+            assert_eq!(done, vec![id.clone()], "revoke of {id} not reported");
+            let stored = s.get(&id).await.unwrap().unwrap();
+            assert!(stored.revoked_at.is_some(), "revocation of {id} lost");
+            // no renew after the revoke
+            assert!(s.renew(&id, 500).await.unwrap().is_none());
+            let mut renewed = 0;
+            for r in renewers {
+                renewed += r.await.unwrap();
+            }
+            if renewed > 0 && renewed < 12 {
+                contended += 1;
+            }
+            assert!(s.get(&id).await.unwrap().unwrap().revoked_at.is_some());
+        }
+        // the race was real: in many rounds renews succeeded before the revoke and failed after
+        assert!(contended > 50, "only {contended} contended rounds");
     }
 }

@@ -299,7 +299,9 @@ impl Databases {
         })
     }
 
-    /// Creates a user of `role` for `ttl_secs` (0 = the role's default), capped at its max TTL.
+    /// Creates a user of `role` for `ttl_secs` (0 = the role's default), capped at its max TTL
+    /// and at the remaining life of the owning credential's lease: a user never outlives the
+    /// credential that asked for it.
     pub async fn generate(
         &self,
         role: &str,
@@ -310,11 +312,19 @@ impl Databases {
     ) -> Result<Generated, DbError> {
         let r = self.role(role)?;
         let now = self.clock.now_millis() / 1000;
+        let (owner_exp, owner_max) = self.owner_life(owner).await?;
+        let max_expires_at = (now + r.max_ttl_secs).min(owner_max);
         let ttl = if ttl_secs == 0 {
             r.default_ttl_secs
         } else {
             ttl_secs.min(r.max_ttl_secs)
-        };
+        }
+        .min(owner_exp.saturating_sub(now));
+        if ttl == 0 {
+            return Err(DbError::Lease(
+                "the asking credential has no lifetime left".into(),
+            ));
+        }
         let username = new_username(&r.name)?;
         let password = crate::generate::password(&crate::generate::PasswordRules::alphanumeric(32))
             .map_err(DbError::Invalid)?;
@@ -326,7 +336,7 @@ impl Databases {
             src,
             issued_at: now,
             expires_at: now + ttl,
-            max_expires_at: now + r.max_ttl_secs,
+            max_expires_at,
             revoked_at: None,
             db: Some(DbLease {
                 database: r.database.clone(),
@@ -398,7 +408,12 @@ impl Databases {
             .unwrap_or_else(|_| {
                 vec!["ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}'".to_string()]
             });
-        let new_exp = (now + inc).min(lease.max_expires_at).max(lease.expires_at);
+        // never past the owning credential's current expiry (it may have been renewed too)
+        let (owner_exp, _) = self.owner_life(&db.owner).await?;
+        let new_exp = (now + inc)
+            .min(lease.max_expires_at)
+            .min(owner_exp)
+            .max(lease.expires_at);
         let expiration = pg_timestamp(new_exp);
         // the database first: if the lease update then fails, the user outlives its lease by
         // at most the increment and the sweeper still drops it at lease expiry
@@ -423,6 +438,24 @@ impl Databases {
             })
             .await?
             .ok_or_else(|| DbError::Lease("lease was revoked meanwhile".into()))
+    }
+
+    /// The owning credential's lease expiry and hard limit (`u64::MAX` for an admin owner,
+    /// `admin:…`, which has no lease). A revoked or missing owner lease has no life left.
+    async fn owner_life(&self, owner: &str) -> Result<(u64, u64), DbError> {
+        if owner.starts_with("admin:") {
+            return Ok((u64::MAX, u64::MAX));
+        }
+        Ok(match self.leases.get(owner).await? {
+            Some(o) if o.revoked_at.is_none() => (o.expires_at, o.max_expires_at),
+            _ => (0, 0),
+        })
+    }
+
+    /// Is the credential that generated a user revoked, expired or gone?
+    async fn owner_gone(&self, owner: &str) -> Result<bool, DbError> {
+        let now = self.clock.now_millis() / 1000;
+        Ok(now >= self.owner_life(owner).await?.0)
     }
 
     /// Drops the user of a lease (idempotent) and marks the lease dropped.
@@ -477,14 +510,19 @@ impl Databases {
         Ok(())
     }
 
-    /// Drops every user whose lease is revoked or expired and not yet dropped. Returns how
-    /// many were dropped; failures are logged and retried on the next sweep.
+    /// Drops every user whose lease is revoked or expired, or whose owning credential's lease
+    /// is revoked or gone, and not yet dropped. Returns how many were dropped; failures are
+    /// logged and retried on the next sweep.
     pub async fn sweep(&self) -> Result<usize, DbError> {
         let now = self.clock.now_millis() / 1000;
         let mut n = 0;
         for l in self.leases.list(LEASE_PREFIX).await? {
             let Some(d) = &l.db else { continue };
-            if d.dropped || (l.revoked_at.is_none() && now < l.expires_at) {
+            if d.dropped {
+                continue;
+            }
+            let live = l.revoked_at.is_none() && now < l.expires_at;
+            if live && !self.owner_gone(&d.owner).await? {
                 continue;
             }
             match self.drop_user(&l).await {
