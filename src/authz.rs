@@ -9,39 +9,9 @@ use crate::policy::scope::Scope;
 use crate::sensitive::SecretBytes;
 use std::sync::{Arc, RwLock};
 
-/// What is being attempted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Read secret values.
-    Read,
-    /// List names and metadata.
-    List,
-    /// Write new versions.
-    Write,
-    /// Soft-delete, undelete or destroy.
-    Delete,
-    /// Rotate.
-    Rotate,
-    /// Operator actions (KEK rotation, reload, explain, leases of others).
-    Admin,
-    /// Generate users of a database role (scope `db:<role>`; the "path" is the role name).
-    Database,
-}
-
-impl Action {
-    /// The scope capability this action needs.
-    pub fn capability(self) -> &'static str {
-        match self {
-            Action::Read => "read",
-            Action::List => "list",
-            Action::Write => "write",
-            Action::Delete => "delete",
-            Action::Rotate => "rotate",
-            Action::Admin => "admin",
-            Action::Database => "db",
-        }
-    }
-}
+/// What is being attempted: the capability a scope must grant for it (one type, so an action
+/// and the scope that allows it cannot drift apart).
+pub use crate::policy::scope::Capability as Action;
 
 /// What is known about the caller from the connection.
 #[derive(Debug, Clone, Default)]
@@ -77,9 +47,7 @@ impl Principal {
         }
         match self {
             Principal::Admin(_) => true,
-            Principal::Credential(c) => {
-                c.scopes.iter().any(|s| s.allows(action.capability(), path))
-            }
+            Principal::Credential(c) => c.scopes.iter().any(|s| s.allows(action, path)),
         }
     }
 

@@ -293,6 +293,11 @@ fn identity_config_refusals() {
             &["key `roles[0].scopes`", "unknown capability"],
         ),
         (
+            "rotation of a database role not declared rotatable",
+            "[[databases]]\nname = \"main\"\nurl = \"postgres://postgres@127.0.0.1:9/test\"\nrotatable_roles = [\"app_blue\"]\n\n[[rotations]]\npath = \"db/x\"\nevery = \"1d\"\n[rotations.postgres]\ndatabase = \"main\"\nroles = [\"app_blue\", \"postgres\"]\n".into(),
+            &["key `rotations[0].postgres`", "\"postgres\" is not in rotatable_roles"],
+        ),
+        (
             "unknown issuer key",
             format!("{gh}jwks_uri = \"https://x\"\n"),
             &["unknown field `jwks_uri`"],

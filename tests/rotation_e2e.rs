@@ -249,6 +249,7 @@ fn static_config(roles: &[&str]) -> String {
 [[databases]]
 name = "main"
 url = "{url}"
+rotatable_roles = [{}]
 
 [[rotations]]
 path = "db/static"
@@ -259,6 +260,7 @@ overlap = "10m"
 database = "main"
 roles = [{}]
 "#,
+        list.join(", "),
         list.join(", "),
         url = pg::url()
     )
@@ -581,5 +583,116 @@ async fn policies_added_to_the_config_apply_on_reload() {
         status(&ch, "demo/rotating").await.schedule,
         "every 1h, overlap 600s"
     );
+    assert_eq!(d.stop(), 0);
+}
+
+/// A rotation policy set through the API can take over only a database role declared in
+/// `rotatable_roles`, and only with a `db-rotate:<database>/<role>` scope besides `admin:<path>`:
+/// a credential scoped `admin:tenant/**` cannot point a rotation at `postgres`.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_may_manage_only_declared_database_roles_with_a_scope_naming_them() {
+    use common::issuer::{now, TestKey};
+    let admin = pg::admin().await;
+    let declared = fresh_role(&admin, "decl").await;
+    let env = TestEnv::new();
+    let key = TestKey::rsa("k1");
+    std::fs::write(
+        env.paths.dir.join("static-jwks.json"),
+        serde_json::json!({ "keys": [key.jwk.clone()] }).to_string(),
+    )
+    .unwrap();
+    env.append_config(&format!(
+        r#"
+[identity]
+url = "https://keygate.test"
+
+[[issuers]]
+name = "static"
+issuer = "https://static.example"
+jwks_file = "static-jwks.json"
+audience = "https://keygate.test"
+
+[[roles]]
+name = "tenant-admin"
+issuer = "static"
+bound_subject = "t"
+scopes = ["admin:tenant/**", "read:tenant/**"]
+
+[[roles]]
+name = "db-owner"
+issuer = "static"
+bound_subject = "o"
+scopes = ["admin:tenant/**", "read:tenant/**", "db-rotate:main/kgs_decl_*"]
+
+[[databases]]
+name = "main"
+url = "{url}"
+rotatable_roles = ["{declared}"]
+"#,
+        url = pg::url()
+    ));
+    let d = env.start();
+    let ch = env.channel_as(&d, None).await;
+    let cred = |sub: &str, role: &str| {
+        let t = key.sign(&serde_json::json!({
+            "iss": "https://static.example", "aud": "https://keygate.test",
+            "sub": sub, "iat": now(), "exp": now() + 300,
+        }));
+        let (ch, role) = (ch.clone(), role.to_string());
+        async move {
+            pb::token_exchange_client::TokenExchangeClient::new(ch)
+                .exchange(pb::ExchangeRequest {
+                    subject_token: t,
+                    role,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .access_token
+        }
+    };
+    let set = |token: String, role: &str| {
+        let mut r = tonic::Request::new(pb::RotationPolicy {
+            path: "tenant/db".into(),
+            every: "24h".into(),
+            postgres: Some(pb::PostgresRotator {
+                database: "main".into(),
+                roles: vec![role.to_string()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let ch = ch.clone();
+        async move {
+            pb::admin_client::AdminClient::new(ch)
+                .set_rotation_policy(r)
+                .await
+        }
+    };
+    // admin:<path> alone: not enough for any database role
+    let tenant = cred("t", "tenant-admin").await;
+    for role in ["postgres", declared.as_str()] {
+        let e = set(tenant.clone(), role).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{role}: {e:?}");
+    }
+    // the scope names the role, but postgres is outside it; an undeclared role matching the
+    // scope's glob is refused as not rotatable
+    let owner = cred("o", "db-owner").await;
+    let e = set(owner.clone(), "postgres").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let e = set(owner.clone(), "kgs_decl_undeclared").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("rotatable_roles"), "{e:?}");
+    // declared and named by the scope: the policy is set and takes the role over
+    set(owner, &declared).await.unwrap();
+    let adm = env.admin_channel(&d).await;
+    settled(&adm, "tenant/db", 1).await;
+    let v = get(&adm, "tenant/db", false).await.unwrap();
+    assert_eq!(field(&v, "username"), declared);
+    assert!(pg::password_matches(&admin, &declared, &field(&v, "password")).await);
+    // postgres's own password never changed hands
     assert_eq!(d.stop(), 0);
 }

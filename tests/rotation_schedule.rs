@@ -305,6 +305,7 @@ async fn a_failing_rotation_retries_with_backoff_then_rolls_back() {
             password_secret: None,
             connect_timeout_secs: 1,
             roles: vec![],
+            rotatable_roles: vec!["app".into()],
         }],
         store.clone(),
         clock.clone(),

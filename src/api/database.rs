@@ -49,7 +49,7 @@ impl pb::database_credentials_server::DatabaseCredentials for DatabaseApi {
             if req.role.is_empty() {
                 return Err(ApiError::InvalidArgument("role is required".into()));
             }
-            who.require(Action::Database, &req.role)?;
+            who.require(Action::Db, &req.role)?;
             let (owner, sub, src) = owner_of(who);
             scope.intent().await?;
             let g = self

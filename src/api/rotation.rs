@@ -170,7 +170,15 @@ pub async fn set(
     scope.resource(format!("rotation:{}", req.path));
     let result = async {
         state.limits.check(&req)?;
-        scope.principal()?.require(Action::Admin, &req.path)?;
+        let who = scope.principal()?;
+        who.require(Action::Admin, &req.path)?;
+        // a policy that changes a database role's password hands that role to whoever reads
+        // the secret: it needs a scope naming the role too
+        if let Some(pg) = &req.postgres {
+            for role in &pg.roles {
+                who.require(Action::DbRotate, &format!("{}/{role}", pg.database))?;
+            }
+        }
         scope.intent().await?;
         let p = state.rotator.set_policy(from_pb(req)).await?;
         tracing::info!(path = %p.path, "rotation policy set");

@@ -263,7 +263,12 @@ impl pb::secrets_server::Secrets for SecretsApi {
             }
             for p in &req.prefixes {
                 path::validate_prefix(p).map_err(ApiError::InvalidArgument)?;
-                if !who.is_admin() && !who.scopes().iter().any(|s| s.capability == "read") {
+                if !who.is_admin()
+                    && !who
+                        .scopes()
+                        .iter()
+                        .any(|s| s.capability == crate::policy::scope::Capability::Read)
+                {
                     return Err(crate::authz::AuthzError::PermissionDenied.into());
                 }
             }

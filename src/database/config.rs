@@ -16,6 +16,8 @@ pub(crate) struct RawDatabase {
     connect_timeout: String,
     #[serde(default)]
     roles: Vec<RawDbRole>,
+    #[serde(default)]
+    rotatable_roles: Vec<String>,
 }
 
 fn default_connect_timeout() -> String {
@@ -62,6 +64,16 @@ pub struct DatabaseConfig {
     pub connect_timeout_secs: u64,
     /// Roles of generated users.
     pub roles: Vec<DbRole>,
+    /// Existing (static) roles whose password a rotation policy may manage. A policy naming
+    /// any other role is refused, in the config file and through the API.
+    pub rotatable_roles: Vec<String>,
+}
+
+impl DatabaseConfig {
+    /// May a rotation policy manage `role`?
+    pub fn may_rotate(&self, role: &str) -> bool {
+        self.rotatable_roles.iter().any(|r| r == role)
+    }
 }
 
 /// A kind of generated user.
@@ -242,12 +254,30 @@ pub(crate) fn parse(
                 max_ttl_secs,
             });
         }
+        for r in &d.rotatable_roles {
+            let ok = (1..=63).contains(&r.len())
+                && r.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return Err(e(
+                    "rotatable_roles",
+                    format!("{r:?}: a role name of 1-63 of A-Z a-z 0-9 _ -"),
+                ));
+            }
+            if roles.iter().any(|x| x.name == *r) {
+                return Err(e(
+                    "rotatable_roles",
+                    format!("{r:?} is also a role of generated users"),
+                ));
+            }
+        }
         out.push(DatabaseConfig {
             name: d.name,
             url: d.url,
             password_secret,
             connect_timeout_secs: connect_timeout_secs.clamp(1, 60),
             roles,
+            rotatable_roles: d.rotatable_roles,
         });
     }
     Ok(out)

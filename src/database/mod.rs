@@ -140,7 +140,8 @@ impl Databases {
         }
     }
 
-    fn configs(&self) -> Arc<Vec<DatabaseConfig>> {
+    /// The configured databases.
+    pub fn configs(&self) -> Arc<Vec<DatabaseConfig>> {
         match self.configs.read() {
             Ok(c) => c.clone(),
             Err(p) => p.into_inner().clone(),

@@ -5,7 +5,7 @@
 //! literal. So `refs/heads/*` matches `refs/heads/main` but not `refs/heads/feature/x`, and
 //! `prod/**` matches everything under `prod/`.
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Tok {
     Lit(char),
     Star,
@@ -33,9 +33,63 @@ fn tokens(pattern: &str) -> Vec<Tok> {
     out
 }
 
-/// Does `pattern` match all of `text`? Bottom-up DP: no recursion, no panics, O(p·t).
+/// A glob compiled once (at config load or scope parse), matched many times.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(from = "String")]
+pub struct Glob {
+    text: String,
+    toks: Vec<Tok>,
+}
+
+impl From<String> for Glob {
+    fn from(text: String) -> Self {
+        let toks = tokens(&text);
+        Self { text, toks }
+    }
+}
+
+impl From<&str> for Glob {
+    fn from(text: &str) -> Self {
+        Self::from(text.to_string())
+    }
+}
+
+impl std::fmt::Display for Glob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Glob {
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Does the pattern match all of `text`?
+    pub fn matches(&self, text: &str) -> bool {
+        match_tokens(&self.toks, text)
+    }
+
+    /// True when the pattern has no wildcard.
+    pub fn is_literal(&self) -> bool {
+        is_literal(&self.text)
+    }
+
+    /// See [`covers`].
+    pub fn covers(&self, inner: &Glob) -> bool {
+        covers(&self.text, &inner.text)
+    }
+}
+
+/// Does `pattern` match all of `text`? (Compiles the pattern: use [`Glob`] for a pattern
+/// matched more than once.)
 pub fn matches(pattern: &str, text: &str) -> bool {
-    let p = tokens(pattern);
+    match_tokens(&tokens(pattern), text)
+}
+
+/// Bottom-up DP: no recursion, no panics, O(p·t).
+fn match_tokens(p: &[Tok], text: &str) -> bool {
     let t: Vec<char> = text.chars().collect();
     let (n, m) = (p.len(), t.len());
     // row[j]: p[i..] matches t[j..], computed from the row for i + 1

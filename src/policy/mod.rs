@@ -3,6 +3,7 @@
 pub mod glob;
 pub mod scope;
 
+use glob::Glob;
 use scope::Scope;
 use serde::Deserialize;
 use serde_json::Value;
@@ -36,13 +37,13 @@ pub enum Matcher {
     AnyOf(Vec<Scalar>),
     /// A glob (`*` does not cross `/`, `**` does).
     Glob {
-        /// The pattern.
-        glob: String,
+        /// The pattern, compiled at load.
+        glob: Glob,
     },
     /// Any of these globs.
     AnyGlob {
-        /// The patterns.
-        any_glob: Vec<String>,
+        /// The patterns, compiled at load.
+        any_glob: Vec<Glob>,
     },
 }
 
@@ -75,8 +76,8 @@ impl Matcher {
         match self {
             Matcher::Exact(s) => s.text() == text,
             Matcher::AnyOf(v) => v.iter().any(|s| s.text() == text),
-            Matcher::Glob { glob: g } => glob::matches(g, text),
-            Matcher::AnyGlob { any_glob } => any_glob.iter().any(|g| glob::matches(g, text)),
+            Matcher::Glob { glob: g } => g.matches(text),
+            Matcher::AnyGlob { any_glob } => any_glob.iter().any(|g| g.matches(text)),
         }
     }
 
@@ -84,8 +85,8 @@ impl Matcher {
     pub fn is_pin(&self) -> bool {
         match self {
             Matcher::Exact(_) | Matcher::AnyOf(_) => true,
-            Matcher::Glob { glob: g } => glob::is_literal(g),
-            Matcher::AnyGlob { any_glob } => any_glob.iter().all(|g| glob::is_literal(g)),
+            Matcher::Glob { glob: g } => g.is_literal(),
+            Matcher::AnyGlob { any_glob } => any_glob.iter().all(Glob::is_literal),
         }
     }
 
@@ -100,8 +101,11 @@ impl Matcher {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Matcher::Glob { glob } => format!("glob {glob:?}"),
-            Matcher::AnyGlob { any_glob } => format!("any glob of {any_glob:?}"),
+            Matcher::Glob { glob } => format!("glob {:?}", glob.as_str()),
+            Matcher::AnyGlob { any_glob } => format!(
+                "any glob of {:?}",
+                any_glob.iter().map(Glob::as_str).collect::<Vec<_>>()
+            ),
         }
     }
 }
@@ -274,12 +278,13 @@ impl Role {
             Some(Matcher::Exact(s)) => s.text().starts_with(prefix),
             Some(Matcher::AnyOf(v)) => v.iter().all(|s| s.text().starts_with(prefix)),
             Some(Matcher::Glob { glob: g }) => g
+                .as_str()
                 .strip_prefix(prefix)
                 .and_then(|rest| rest.split(sep).next())
                 .map(|owner| {
                     !owner.is_empty()
                         && glob::is_literal(owner)
-                        && g.len() > prefix.len() + owner.len()
+                        && g.as_str().len() > prefix.len() + owner.len()
                 })
                 .unwrap_or(false),
             _ => false,

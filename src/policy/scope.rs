@@ -1,16 +1,68 @@
 //! Scopes: a capability on a path glob, written `capability:glob` (`read:prod/api/*`).
-use super::glob;
+use super::glob::Glob;
 
-/// Capabilities a scope can grant.
-pub const CAPABILITIES: &[&str] = &["read", "list", "write", "delete", "rotate", "admin"];
+/// What a scope lets its holder do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capability {
+    /// Read secret values.
+    Read,
+    /// List names and metadata.
+    List,
+    /// Write new versions.
+    Write,
+    /// Soft-delete, undelete, destroy.
+    Delete,
+    /// Rotate now.
+    Rotate,
+    /// Operator actions on a path (rotation policies, leases of others).
+    Admin,
+    /// Generate users of a database role: `db:<role>`.
+    Db,
+    /// Let a rotation policy manage a database's static role: `db-rotate:<database>/<role>`
+    /// (the role glob-able). Needed, besides `admin:<path>`, to set such a policy.
+    DbRotate,
+}
+
+impl Capability {
+    /// Path capabilities, as written before `:`.
+    pub const PATH: [Capability; 6] = [
+        Capability::Read,
+        Capability::List,
+        Capability::Write,
+        Capability::Delete,
+        Capability::Rotate,
+        Capability::Admin,
+    ];
+
+    /// As written in a scope.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Read => "read",
+            Capability::List => "list",
+            Capability::Write => "write",
+            Capability::Delete => "delete",
+            Capability::Rotate => "rotate",
+            Capability::Admin => "admin",
+            Capability::Db => "db",
+            Capability::DbRotate => "db-rotate",
+        }
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One scope.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Scope {
-    /// `read`, `list`, `write`, `delete`, `rotate`, `admin` or `db:<name>`.
-    pub capability: String,
-    /// Path glob (see [`glob`]).
-    pub pattern: String,
+    /// What it allows.
+    pub capability: Capability,
+    /// Path glob (see [`super::glob`]); for `db:` the database role name, for `db-rotate:`
+    /// `<database>/<role glob>`. Compiled once, here.
+    pub pattern: Glob,
 }
 
 impl std::fmt::Display for Scope {
@@ -19,8 +71,18 @@ impl std::fmt::Display for Scope {
     }
 }
 
+/// A database or role name in a `db-rotate:` scope.
+fn plain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 impl Scope {
-    /// Parses `capability:glob`; `db:<name>` has no path (its pattern is the database role).
+    /// Parses `capability:glob`; `db:<name>` has no path (its pattern is the database role);
+    /// `db-rotate:<database>/<role>` names a database's static role (`*`, `?` allowed in the
+    /// role part only).
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(name) = s.strip_prefix("db:") {
             if name.is_empty() || name.contains(['*', '?', ':']) {
@@ -29,36 +91,55 @@ impl Scope {
                 ));
             }
             return Ok(Self {
-                capability: "db".into(),
-                pattern: name.to_string(),
+                capability: Capability::Db,
+                pattern: Glob::from(name),
+            });
+        }
+        if let Some(target) = s.strip_prefix("db-rotate:") {
+            let ok = target.split_once('/').is_some_and(|(db, role)| {
+                plain(db)
+                    && !role.is_empty()
+                    && role.len() <= 63
+                    && role
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-*?".contains(c))
+            });
+            if !ok {
+                return Err(format!(
+                    "scope {s:?}: db-rotate:<database>/<role> (role may use * and ?)"
+                ));
+            }
+            return Ok(Self {
+                capability: Capability::DbRotate,
+                pattern: Glob::from(target),
             });
         }
         let (cap, pattern) = s
             .split_once(':')
             .ok_or_else(|| format!("scope {s:?} is not capability:path-glob"))?;
-        if !CAPABILITIES.contains(&cap) {
+        let Some(capability) = Capability::PATH.into_iter().find(|c| c.as_str() == cap) else {
             return Err(format!(
-                "scope {s:?}: unknown capability {cap:?} (one of {}, db:<name>)",
-                CAPABILITIES.join(", ")
+                "scope {s:?}: unknown capability {cap:?} (one of {}, db:<name>, db-rotate:<database>/<role>)",
+                Capability::PATH.map(Capability::as_str).join(", ")
             ));
-        }
+        };
         if pattern.is_empty() || pattern.len() > 256 {
             return Err(format!("scope {s:?}: the path glob must be 1 to 256 bytes"));
         }
         Ok(Self {
-            capability: cap.to_string(),
-            pattern: pattern.to_string(),
+            capability,
+            pattern: Glob::from(pattern),
         })
     }
 
     /// Does this scope allow `capability` on `path`?
-    pub fn allows(&self, capability: &str, path: &str) -> bool {
-        self.capability == capability && glob::matches(&self.pattern, path)
+    pub fn allows(&self, capability: Capability, path: &str) -> bool {
+        self.capability == capability && self.pattern.matches(path)
     }
 
     /// Is every use of `other` also allowed by `self`?
     pub fn covers(&self, other: &Scope) -> bool {
-        self.capability == other.capability && glob::covers(&self.pattern, &other.pattern)
+        self.capability == other.capability && self.pattern.covers(&other.pattern)
     }
 }
 
@@ -88,8 +169,24 @@ mod tests {
 
     #[test]
     fn parse() {
-        assert_eq!(s("read:prod/api/*").pattern, "prod/api/*");
-        assert_eq!(s("db:readonly").capability, "db");
+        assert_eq!(s("read:prod/api/*").pattern.as_str(), "prod/api/*");
+        assert_eq!(s("db:readonly").capability, Capability::Db);
+        let r = s("db-rotate:main/app_*");
+        assert_eq!(r.capability, Capability::DbRotate);
+        assert!(r.allows(Capability::DbRotate, "main/app_user"));
+        assert!(!r.allows(Capability::DbRotate, "main/postgres"));
+        assert!(!r.allows(Capability::Rotate, "main/app_user"));
+        assert_eq!(r.to_string(), "db-rotate:main/app_*");
+        for bad in [
+            "db-rotate:main",
+            "db-rotate:*/x",
+            "db-rotate:m/",
+            "db-rotate:m/a/b",
+        ] {
+            assert!(Scope::parse(bad).is_err(), "{bad}");
+        }
+        // a path scope never grants a database role, whatever its glob
+        assert!(!s("rotate:**").allows(Capability::DbRotate, "main/postgres"));
         assert!(Scope::parse("fly:prod").is_err());
         assert!(Scope::parse("read").is_err());
         assert!(Scope::parse("db:*").is_err());
@@ -114,7 +211,7 @@ mod tests {
     /// random concrete (capability, path) uses.
     #[test]
     fn property_granted_within_requested_and_allowed() {
-        let caps = ["read", "list", "write"];
+        let caps = [Capability::Read, Capability::List, Capability::Write];
         let segs = ["prod", "api", "db", "billing", "*", "**", "a*"];
         let mut seed = 0x9e3779b97f4a7c15u64;
         let mut next = move |n: usize| {
@@ -134,14 +231,14 @@ mod tests {
             };
             let allowed: Vec<Scope> = (0..1 + next(3))
                 .map(|_| Scope {
-                    capability: caps[next(3)].into(),
-                    pattern: pattern(&mut next),
+                    capability: caps[next(3)],
+                    pattern: Glob::from(pattern(&mut next)),
                 })
                 .collect();
             let requested: Vec<Scope> = (0..next(4))
                 .map(|_| Scope {
-                    capability: caps[next(3)].into(),
-                    pattern: pattern(&mut next),
+                    capability: caps[next(3)],
+                    pattern: Glob::from(pattern(&mut next)),
                 })
                 .collect();
             let granted = intersect(&requested, &allowed);

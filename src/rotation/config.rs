@@ -238,7 +238,25 @@ pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'stati
     })
 }
 
-/// Checks `[[rotations]]` (paths unique; postgres databases configured).
+/// Is every role of a postgres rotator declared in its database's `rotatable_roles`?
+pub fn may_manage(
+    databases: &[crate::database::config::DatabaseConfig],
+    pg: &PostgresRotator,
+) -> Result<(), String> {
+    let Some(db) = databases.iter().find(|d| d.name == pg.database) else {
+        return Err(format!("no [[databases]] entry is named {:?}", pg.database));
+    };
+    match pg.roles.iter().find(|r| !db.may_rotate(r)) {
+        None => Ok(()),
+        Some(r) => Err(format!(
+            "role {r:?} is not in rotatable_roles of database {:?}: rotation may change the \
+             password only of roles declared there",
+            db.name
+        )),
+    }
+}
+
+/// Checks `[[rotations]]` (paths unique; postgres databases configured, roles declared).
 pub(crate) fn parse(
     ctx: &crate::config::Ctx<'_>,
     raw: Vec<RawRotation>,
@@ -256,14 +274,7 @@ pub(crate) fn parse(
             ));
         }
         if let Some(pg) = &p.postgres {
-            if !databases.iter().any(|d| d.name == pg.database) {
-                return Err(ctx.err_at(
-                    "rotations",
-                    i,
-                    "postgres",
-                    format!("no [[databases]] entry is named {:?}", pg.database),
-                ));
-            }
+            may_manage(databases, pg).map_err(|m| ctx.err_at("rotations", i, "postgres", m))?;
         }
         out.push(p);
     }

@@ -269,12 +269,8 @@ impl Rotator {
     pub async fn set_policy(&self, raw: RawRotation) -> Result<Policy, RotationError> {
         let p = check(&raw, "api").map_err(|(k, m)| RotationError::Invalid(format!("{k}: {m}")))?;
         if let Some(pg) = &p.postgres {
-            if !self.databases.has_database(&pg.database) {
-                return Err(RotationError::Invalid(format!(
-                    "postgres: no [[databases]] entry is named {:?}",
-                    pg.database
-                )));
-            }
+            config::may_manage(&self.databases.configs(), pg)
+                .map_err(|m| RotationError::Invalid(format!("postgres: {m}")))?;
         }
         if let Ok(c) = self.configured.read() {
             if c.iter().any(|x| x.path == p.path) {
