@@ -154,6 +154,12 @@ struct RawIdentity {
     signing_key_rotation_secs: u64,
     #[serde(default)]
     dangerous_allow_http_loopback_issuers: bool,
+    #[serde(default = "default_max_replay_entries")]
+    max_replay_entries: usize,
+}
+
+fn default_max_replay_entries() -> usize {
+    crate::identity::replay::DEFAULT_MAX_ENTRIES
 }
 
 #[derive(Deserialize)]
@@ -267,6 +273,7 @@ impl Default for RawIdentity {
             audience: None,
             signing_key_rotation_secs: default_signing_rotation(),
             dangerous_allow_http_loopback_issuers: false,
+            max_replay_entries: default_max_replay_entries(),
         }
     }
 }
@@ -372,6 +379,8 @@ pub struct IdentityConfig {
     pub signing_key_rotation_secs: u64,
     /// Allow `http://` issuer URLs to loopback addresses (tests and dev only).
     pub dangerous_allow_http_loopback_issuers: bool,
+    /// Most single-use (`refuse_jti_replay`) markers held at once.
+    pub max_replay_entries: usize,
     /// Trusted issuers.
     pub issuers: Vec<IssuerConfig>,
     /// Roles.
@@ -1166,6 +1175,7 @@ fn parse_identity(
         audience,
         signing_key_rotation_secs: raw.signing_key_rotation_secs,
         dangerous_allow_http_loopback_issuers: allow_http,
+        max_replay_entries: raw.max_replay_entries,
         issuers,
         roles,
     })

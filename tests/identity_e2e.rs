@@ -17,6 +17,7 @@ const GH: &str = "https://token.actions.githubusercontent.com";
 const GL: &str = "https://gitlab.acme.example";
 const K8S: &str = "https://kubernetes.default.svc.cluster.local";
 const RP: &str = "https://ci.replay.example";
+const GHES: &str = "https://ghes.acme.example/_services/token";
 const CC: &str = "https://oidc.circleci.com/org/1b9f5c2e-4a53-4f6e-9d3e-2c1f0e8a7b6d";
 
 struct World {
@@ -44,6 +45,7 @@ async fn world() -> World {
     let bk = issuer.tenant("bk", "https://agent.buildkite.com");
     let cc = issuer.tenant("cc", CC);
     let slow = issuer.tenant("slow", "https://slow.example");
+    let ghes = issuer.tenant("ghes", GHES);
     let direct_jwks = format!("{}/direct/jwks", issuer.base);
     std::fs::write(
         env.paths.dir.join("static-jwks.json"),
@@ -135,6 +137,20 @@ issuer = "https://direct.example"
 jwks_url = "{direct_jwks}"
 ca_file = "ca.pem"
 audience = "{AUD}"
+
+[[issuers]]
+name = "ghes"
+preset = "github-actions"
+issuer = "{GHES}"
+discovery_url = "{ghes}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[roles]]
+name = "ghes-deploy"
+issuer = "ghes"
+claims = {{ repository_id = "777", ref = "refs/heads/main" }}
+scopes = ["read:ghes/*"]
 
 [[issuers]]
 name = "slow"
@@ -515,7 +531,7 @@ async fn platform_tokens_exchange_and_one_claim_off_is_refused() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(roles.roles.len(), 14);
+    assert_eq!(roles.roles.len(), 15);
     assert_eq!(d.stop(), 0);
 }
 
@@ -1341,5 +1357,159 @@ async fn more_presets_key_sources_timeouts_caps_and_lease_listing() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["scopes"], json!(["read:bk/*"]));
     assert_eq!(v["token_type"], "Bearer");
+    assert_eq!(d.stop(), 0);
+}
+
+/// Issuer traffic cannot be multiplied by anonymous callers: with the issuer down from the
+/// start, hundreds of exchanges cost at most one request-triggered fetch (plus the background
+/// one), and with keys cached an unknown-kid storm costs at most one refetch. The log never
+/// claims cached keys that do not exist. GitHub Enterprise Server issuers get the preset and its
+/// guards. A self-signed issuer certificate (openssl req -x509: CA:TRUE, no SAN) works when it
+/// is in ca_file, and the failure without it is explained in plain words.
+#[tokio::test(flavor = "multi_thread")]
+async fn issuer_fetches_are_single_flight_ghes_preset_and_self_signed_issuers() {
+    let w = world().await;
+    let down = TestIssuer::start(&w.env.paths.dir, "down").await;
+    down.publish(&w.rsa);
+    let down_disc = down.tenant("d", "https://down.example");
+    down.set_down(true);
+    let selfsigned = TestIssuer::start_self_signed(&w.env.paths.dir, "ss").await;
+    selfsigned.publish(&w.ec);
+    let ss_disc = selfsigned.tenant("ss", "https://ss.example");
+    let ss2_disc = selfsigned.tenant("ss2", "https://ss2.example");
+    w.env.append_config(&format!(
+        r#"
+[[issuers]]
+name = "down"
+issuer = "https://down.example"
+discovery_url = "{down_disc}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+cache_min_secs = 60
+unknown_kid_refetch_secs = 30
+
+[[roles]]
+name = "down"
+issuer = "down"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[issuers]]
+name = "selfsigned"
+issuer = "https://ss.example"
+discovery_url = "{ss_disc}"
+ca_file = "ss-selfsigned.pem"
+audience = "{AUD}"
+algorithms = ["ES256"]
+
+[[roles]]
+name = "selfsigned"
+issuer = "selfsigned"
+bound_subject = "x"
+scopes = ["read:x/*"]
+
+[[issuers]]
+name = "selfsigned-unpinned"
+issuer = "https://ss2.example"
+discovery_url = "{ss2_disc}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+algorithms = ["ES256"]
+"#
+    ));
+    let d = w.env.start();
+    let ch = w.env.channel_as(&d, None).await;
+    let claims =
+        |iss: &str| json!({"iss": iss, "aud": AUD, "sub": "x", "iat": now(), "exp": now() + 300});
+
+    // the issuer is down from the start: 300 concurrent anonymous exchanges
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let tok = w.rsa.sign(&claims("https://down.example"));
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let (ch, tok) = (ch.clone(), tok.clone());
+        tasks.push(tokio::spawn(async move {
+            code(exchange(&ch, &tok, "down", &[]).await)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "issuer_unavailable");
+    }
+    let fetches = down.hits().iter().filter(|h| h.starts_with("/d/")).count();
+    assert!(
+        (1..=2).contains(&fetches),
+        "{fetches} issuer requests for 300 exchanges"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("no keys were ever fetched"),
+        "the log should say no keys exist"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("\"down\"") && l.contains("keeping the last good keys")),
+        "claims cached keys that do not exist"
+    );
+
+    // keys cached: 300 tokens naming unknown kids cost at most one refetch
+    let good = fixture("github-actions", GH, AUD);
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&good), "deploy", &[]).await),
+        "ok"
+    );
+    let before = w.issuer.jwks_hits();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some(format!("forged-{i}"));
+        let (ch, tok) = (ch.clone(), w.rsa.sign_with(h, &good));
+        tasks.push(tokio::spawn(async move {
+            code(exchange(&ch, &tok, "deploy", &[]).await)
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "invalid_token");
+    }
+    let refetches = w.issuer.jwks_hits() - before;
+    assert!(refetches <= 1, "{refetches} refetches for 300 forged kids");
+
+    // GitHub Enterprise Server: the preset's guards apply
+    let mut g = fixture("github-actions", GHES, AUD);
+    g["repository_id"] = json!("777");
+    g["ref"] = json!("refs/heads/main");
+    g["event_name"] = json!("push");
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&g), "ghes-deploy", &[]).await),
+        "ok"
+    );
+    g["event_name"] = json!("pull_request_target");
+    assert_eq!(
+        code(exchange(&ch, &w.rsa.sign(&g), "ghes-deploy", &[]).await),
+        "no_matching_role"
+    );
+
+    // the self-signed certificate, pinned through ca_file
+    let ss = w.ec.sign(&claims("https://ss.example"));
+    assert_eq!(code(exchange(&ch, &ss, "selfsigned", &[]).await), "ok");
+    // the same server without that certificate in ca_file: refused, explained plainly
+    let mut admin = pb::admin_client::AdminClient::new(w.env.admin_channel(&d).await);
+    let ex = admin
+        .explain(pb::ExplainRequest {
+            token: w.ec.sign(&claims("https://ss2.example")),
+            role: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ex.token_code, "issuer_unavailable", "{ex:?}");
+    assert!(
+        ex.token_error
+            .contains("is a CA certificate (basicConstraints CA:TRUE")
+            && ex.token_error.contains("CN=localhost")
+            && ex.token_error.contains("ca_file"),
+        "{}",
+        ex.token_error
+    );
+    assert!(!d.log_text().contains("CaUsedAsEndEntity"));
     assert_eq!(d.stop(), 0);
 }

@@ -134,9 +134,15 @@ pub fn check_issuer(platform: Platform, iss: &str) -> Result<bool, String> {
             {
                 // GHEC `include_enterprise_slug`: one enterprise's own issuer
                 Ok(false)
+            } else if is_ghes_issuer(iss) {
+                // GitHub Enterprise Server: every organisation on the instance mints tokens
+                // from this one issuer, so it is pinned like github.com's
+                Ok(true)
             } else {
                 Err(format!(
-                    "a github-actions issuer is {GITHUB_ISSUER} or {GITHUB_ISSUER}/<enterprise-slug>"
+                    "a github-actions issuer is {GITHUB_ISSUER}, {GITHUB_ISSUER}/<enterprise-slug>, \
+                     or GitHub Enterprise Server's https://HOST/_services/token (or \
+                     https://HOST/_services/token/<enterprise-slug>)"
                 ))
             }
         }
@@ -167,6 +173,32 @@ pub fn check_issuer(platform: Platform, iss: &str) -> Result<bool, String> {
         }
         Platform::Gitlab => Ok(iss.trim_end_matches('/') == GITLAB_COM),
         Platform::Kubernetes | Platform::Generic => Ok(false),
+    }
+}
+
+/// `https://HOST[:PORT]/_services/token` or `…/_services/token/<enterprise-slug>`: the issuer
+/// of a GitHub Enterprise Server instance (no user info, query or fragment).
+fn is_ghes_issuer(iss: &str) -> bool {
+    let Ok(u) = url::Url::parse(iss) else {
+        return false;
+    };
+    if u.scheme() != "https"
+        || u.host_str().is_none_or(str::is_empty)
+        || !u.username().is_empty()
+        || u.password().is_some()
+        || u.query().is_some()
+        || u.fragment().is_some()
+        // the URL must be written as parsed (no `..`, no trailing slash games)
+        || u.as_str().trim_end_matches('/') != iss
+    {
+        return false;
+    }
+    match u.path().strip_prefix("/_services/token") {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('/').is_some_and(|slug| {
+            !slug.is_empty() && slug.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        }),
+        None => false,
     }
 }
 
@@ -208,6 +240,26 @@ mod tests {
             Ok(false)
         );
         assert!(check_issuer(Platform::GithubActions, "https://evil.example").is_err());
+        // GitHub Enterprise Server, with and without an enterprise slug: pinned like github.com
+        for ok in [
+            "https://ghes.acme.example/_services/token",
+            "https://ghes.acme.example:8443/_services/token",
+            "https://ghes.acme.example/_services/token/acme-corp",
+        ] {
+            assert_eq!(check_issuer(Platform::GithubActions, ok), Ok(true), "{ok}");
+        }
+        for bad in [
+            "http://ghes.acme.example/_services/token",
+            "https://ghes.acme.example/_services/token/",
+            "https://ghes.acme.example/_services/tokens",
+            "https://ghes.acme.example/x/_services/token",
+            "https://u@ghes.acme.example/_services/token",
+            "https://ghes.acme.example/_services/token?x=1",
+            "https://ghes.acme.example/_services/token/a/b",
+            "https://ghes.acme.example/_services/token/../x",
+        ] {
+            assert!(check_issuer(Platform::GithubActions, bad).is_err(), "{bad}");
+        }
         assert!(check_issuer(
             Platform::Circleci,
             "https://oidc.circleci.com/org/1b9f5c2e-4a53-4f6e-9d3e-2c1f0e8a7b6d"

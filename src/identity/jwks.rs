@@ -2,16 +2,23 @@
 //!
 //! Only URLs from config are fetched (HTTPS; `http://` only to a loopback address behind
 //! `identity.dangerous_allow_http_loopback_issuers`), redirects only to the same host, responses
-//! capped in size and time. The cache honours `Cache-Control: max-age` clamped into the issuer's
-//! bounds; a token naming an unknown `kid` triggers at most one refetch per interval; when the
-//! issuer is unreachable the last good keys stay in use.
+//! capped in size and time. A background task per issuer ([`KeyCache::refresher`]) fetches at
+//! start and again when the keys go stale (`Cache-Control: max-age` clamped into the issuer's
+//! bounds), retrying after `cache_min_secs` on failure, and publishes the keys; requests only
+//! read what is published and never wait for a scheduled refresh. A request that finds no key
+//! (unknown `kid`, or no keys yet) may trigger one fetch, but fetches are single-flight (one in
+//! flight per issuer; the others wait for its result) and negatively cached: at most one
+//! request-triggered fetch per `unknown_kid_refetch_secs`, whatever the outcome. So anonymous
+//! traffic never multiplies issuer requests, with cached keys or without. When the issuer is
+//! unreachable the last good keys stay in use. Freshness is read from the injected clock.
 use super::issuer::{IssuerConfig, KeySource};
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, RwLock};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::Mutex;
 
 /// Why keys could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -55,9 +62,22 @@ fn family_of(alg: Algorithm) -> Option<Family> {
     }
 }
 
-struct Cached {
+/// Keys as published to the verifier.
+struct Published {
     keys: Vec<Key>,
-    fresh_until: Instant,
+    /// Refresh due at (ms, injected clock).
+    fresh_until: u64,
+}
+
+/// The single-flight fetch state (held across a fetch).
+#[derive(Default)]
+struct FetchState {
+    /// Bumped by every completed fetch, so a waiter knows one happened while it waited.
+    generation: u64,
+    /// Last request-triggered fetch (ms): the negative cache.
+    last_triggered: Option<u64>,
+    /// Last failure (ms) and its message; a scheduled retry waits `cache_min_secs` after it.
+    last_failure: Option<(u64, String)>,
 }
 
 /// One issuer's key cache.
@@ -66,9 +86,11 @@ pub struct KeyCache {
     client: reqwest::Client,
     allow_http_loopback: bool,
     metrics: Arc<Metrics>,
-    cached: RwLock<Option<Cached>>,
-    /// Serialises fetches; holds the time of the last unknown-`kid` refetch.
-    fetch: Mutex<Option<Instant>>,
+    clock: Arc<dyn Clock>,
+    published: std::sync::RwLock<Option<Arc<Published>>>,
+    fetch: Mutex<FetchState>,
+    /// Fetches made (scheduled and request-triggered), for tests and metrics.
+    fetches: std::sync::atomic::AtomicU64,
 }
 
 /// Checks a configured URL: HTTPS, or `http://` to a loopback address when allowed.
@@ -132,16 +154,10 @@ fn to_key(jwk: &Jwk) -> Option<Key> {
     })
 }
 
-/// An error with its sources, so the operator sees why (e.g. the refused redirect).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+/// An error with its sources, so the operator sees why (the refused redirect, the certificate
+/// and what is wrong with it).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    super::issuer_tls::error_chain(e)
 }
 
 fn max_age(headers: &reqwest::header::HeaderMap) -> Option<u64> {
@@ -157,12 +173,15 @@ impl KeyCache {
         cfg: Arc<IssuerConfig>,
         allow_http_loopback: bool,
         metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, String> {
         let timeout = Duration::from_secs(cfg.fetch_timeout_secs);
-        let mut builder = reqwest::Client::builder()
+        let tls = super::issuer_tls::client_config(cfg.ca_file.as_deref())?;
+        let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .https_only(!allow_http_loopback)
+            .tls_backend_preconfigured(tls)
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
                 // same origin only: scheme, host and port (another port on the same host is
                 // another server)
@@ -178,23 +197,15 @@ impl KeyCache {
                 } else {
                     attempt.error("redirect to another host refused")
                 }
-            }));
-        if let Some(ca) = &cfg.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
-            builder = builder.tls_certs_only([cert]);
-        }
-        let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-        let cached = match &cfg.keys {
-            KeySource::Static(doc) => Some(Cached {
+            }))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        let published = match &cfg.keys {
+            KeySource::Static(doc) => Some(Arc::new(Published {
                 keys: parse_jwks(doc.as_bytes())?,
                 // static keys never go stale
-                fresh_until: Instant::now()
-                    .checked_add(Duration::from_secs(100 * 365 * 86_400))
-                    .unwrap_or_else(Instant::now),
-            }),
+                fresh_until: u64::MAX,
+            })),
             KeySource::Discovery(u) | KeySource::Jwks(u) => {
                 check_url(u, allow_http_loopback)?;
                 None
@@ -205,9 +216,20 @@ impl KeyCache {
             client,
             allow_http_loopback,
             metrics,
-            cached: RwLock::new(cached),
-            fetch: Mutex::new(None),
+            clock,
+            published: std::sync::RwLock::new(published),
+            fetch: Mutex::new(FetchState::default()),
+            fetches: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_millis()
+    }
+
+    /// Fetches made so far.
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn get_capped(&self, url: &reqwest::Url) -> Result<(Vec<u8>, Option<u64>), String> {
@@ -266,30 +288,86 @@ impl KeyCache {
         Ok((parse_jwks(&doc)?, age))
     }
 
-    /// Refetches now; on failure the cached keys stay and are retried after `cache_min_secs`.
-    async fn refresh(&self) -> Result<(), String> {
+    /// One fetch; the caller holds the fetch lock. Publishes on success; on failure the
+    /// published keys (if any) stay.
+    async fn refresh_locked(&self, st: &mut FetchState) -> Result<(), String> {
         let issuer = self.cfg.name.as_str();
-        match self.fetch_keys().await {
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = self.fetch_keys().await;
+        st.generation += 1;
+        match result {
             Ok((keys, age)) => {
                 let ttl = age
                     .unwrap_or(self.cfg.cache_max_secs)
                     .clamp(self.cfg.cache_min_secs, self.cfg.cache_max_secs);
-                *self.cached.write().await = Some(Cached {
-                    keys,
-                    fresh_until: Instant::now() + Duration::from_secs(ttl),
-                });
+                let n = keys.len();
+                if let Ok(mut p) = self.published.write() {
+                    *p = Some(Arc::new(Published {
+                        keys,
+                        fresh_until: self.now().saturating_add(ttl.saturating_mul(1000)),
+                    }));
+                }
+                st.last_failure = None;
                 self.metrics.jwks_fetch(issuer, true);
-                tracing::debug!(issuer, ttl, "issuer keys fetched");
+                tracing::debug!(issuer, ttl, keys = n, "issuer keys fetched");
                 Ok(())
             }
             Err(e) => {
                 self.metrics.jwks_fetch(issuer, false);
-                tracing::warn!(issuer, error = %e, "issuer key fetch failed; keeping the last good keys");
-                if let Some(c) = self.cached.write().await.as_mut() {
-                    c.fresh_until = Instant::now() + Duration::from_secs(self.cfg.cache_min_secs);
+                let have = self.published.read().map(|p| p.is_some()).unwrap_or(false);
+                if have {
+                    tracing::warn!(issuer, error = %e, "issuer key fetch failed; keeping the last good keys");
+                } else {
+                    tracing::warn!(issuer, error = %e, "issuer key fetch failed and no keys were ever fetched: this issuer's tokens are refused until a fetch succeeds");
                 }
+                st.last_failure = Some((self.now(), e.clone()));
                 Err(e)
             }
+        }
+    }
+
+    /// How long until the next scheduled fetch (ms; 0 = now).
+    async fn due_in(&self) -> u64 {
+        if matches!(self.cfg.keys, KeySource::Static(_)) {
+            return u64::MAX;
+        }
+        let st = self.fetch.lock().await;
+        self.due_in_locked(&st)
+    }
+
+    /// The background task: fetches at start and whenever the keys go stale. Ends when the
+    /// cache is dropped (a reload built new ones).
+    pub async fn refresher(cache: Weak<KeyCache>) {
+        loop {
+            let wait = match cache.upgrade() {
+                Some(c) => c.due_in().await,
+                None => return,
+            };
+            if wait > 0 {
+                // wake at least every 10 s to notice a dropped cache
+                tokio::time::sleep(Duration::from_millis(wait.min(10_000))).await;
+                continue;
+            }
+            let Some(c) = cache.upgrade() else { return };
+            let mut st = c.fetch.lock().await;
+            // a request-triggered fetch may have just run
+            if c.due_in_locked(&st) == 0 {
+                let _ = c.refresh_locked(&mut st).await;
+            }
+        }
+    }
+
+    fn due_in_locked(&self, st: &FetchState) -> u64 {
+        let now = self.now();
+        if let Some((at, _)) = &st.last_failure {
+            return at
+                .saturating_add(self.cfg.cache_min_secs.max(1) * 1000)
+                .saturating_sub(now);
+        }
+        match self.published.read().ok().and_then(|p| p.clone()) {
+            Some(p) => p.fresh_until.saturating_sub(now),
+            None => 0,
         }
     }
 
@@ -308,57 +386,48 @@ impl KeyCache {
         }
     }
 
-    /// The key for (`kid`, `alg`), fetching as the cache rules allow.
+    /// The published key for (`kid`, `alg`), if any. No I/O.
+    pub fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        let p = self.published.read().ok()?.clone()?;
+        Self::find(&p.keys, kid, alg)
+    }
+
+    /// The key for (`kid`, `alg`): the published one, or after the one request-triggered fetch
+    /// the negative cache allows (single flight: concurrent callers wait for that fetch and
+    /// use its result).
     pub async fn key(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, KeyError> {
         let unknown = || KeyError::UnknownKey {
             kid: kid.unwrap_or("").to_string(),
             alg,
         };
-        {
-            let c = self.cached.read().await;
-            if let Some(c) = c.as_ref() {
-                if Instant::now() < c.fresh_until {
-                    if let Some(k) = Self::find(&c.keys, kid, alg) {
-                        return Ok(k);
-                    }
-                }
-            }
+        if let Some(k) = self.lookup(kid, alg) {
+            return Ok(k);
         }
         if matches!(self.cfg.keys, KeySource::Static(_)) {
             return Err(unknown());
         }
-        let mut last_unknown = self.fetch.lock().await;
-        // Another task may have refreshed while we waited.
-        let (stale, have_key, have_any) = {
-            let c = self.cached.read().await;
-            match c.as_ref() {
-                Some(c) => (
-                    Instant::now() >= c.fresh_until,
-                    Self::find(&c.keys, kid, alg),
-                    true,
-                ),
-                None => (true, None, false),
-            }
-        };
-        if let (false, Some(k)) = (stale, &have_key) {
-            return Ok(k.clone());
-        }
-        let interval = Duration::from_secs(self.cfg.unknown_kid_refetch_secs);
-        let may_refetch = stale || last_unknown.is_none_or(|t| t.elapsed() >= interval);
-        if may_refetch {
-            if !stale {
-                *last_unknown = Some(Instant::now());
-            }
-            let result = self.refresh().await;
-            if let Err(e) = result {
-                if !have_any {
-                    return Err(KeyError::Unavailable(e));
-                }
+        let seen = self.fetch.try_lock().map(|st| st.generation).ok();
+        let mut st = self.fetch.lock().await;
+        let fetched_meanwhile = seen.is_none_or(|g| g != st.generation);
+        if !fetched_meanwhile {
+            let interval = self.cfg.unknown_kid_refetch_secs.max(1) * 1000;
+            let now = self.now();
+            if st
+                .last_triggered
+                .is_none_or(|t| now.saturating_sub(t) >= interval)
+            {
+                st.last_triggered = Some(now);
+                let _ = self.refresh_locked(&mut st).await;
             }
         }
-        let c = self.cached.read().await;
-        c.as_ref()
-            .and_then(|c| Self::find(&c.keys, kid, alg))
-            .ok_or_else(unknown)
+        if let Some(k) = self.lookup(kid, alg) {
+            return Ok(k);
+        }
+        let have_any = self.published.read().map(|p| p.is_some()).unwrap_or(false);
+        match (&st.last_failure, have_any) {
+            (Some((_, e)), false) => Err(KeyError::Unavailable(e.clone())),
+            (None, false) => Err(KeyError::Unavailable("no keys fetched yet".into())),
+            _ => Err(unknown()),
+        }
     }
 }

@@ -1,19 +1,22 @@
 //! Verifying platform OIDC tokens: every check of RFC 7519 and RFC 8725, against configured
-//! issuers only. The clock is passed in; jsonwebtoken only checks the signature.
+//! issuers only. The checks themselves are the pure [`core`]; this module is the async shell
+//! that finds keys and replay markers. The clock is passed in; jsonwebtoken only checks the
+//! signature.
+pub mod core;
 pub mod issuer;
+pub mod issuer_tls;
 pub mod jwks;
+pub mod replay;
 pub mod trust;
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
-use crate::storage::{Storage, StorageError, Txn};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
+use core::ClaimRules;
 use issuer::IssuerConfig;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use jwks::{KeyCache, KeyError};
+use replay::{Marker, ReplayError, ReplayStore};
 use serde_json::Value;
-use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Largest token accepted, checked before any parsing.
@@ -82,8 +85,7 @@ pub enum VerifyError {
     LifetimeTooLong(u64),
 }
 
-/// The largest NumericDate accepted: 9999-12-31T23:59:59Z.
-pub const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
+pub use core::MAX_NUMERIC_DATE;
 
 impl VerifyError {
     /// The stable reason code a caller sees.
@@ -120,101 +122,63 @@ pub struct Verified {
     pub claims: Value,
     /// `exp`, seconds since the epoch.
     pub exp: u64,
-    /// With `refuse_jti_replay`: the replay marker [`Verifier::consume`] writes (key, keep
-    /// until). Verifying alone consumes nothing, so `Admin.Explain` and a refused exchange
-    /// leave the token usable.
-    pub replay: Option<(Vec<u8>, u64)>,
+    /// With `refuse_jti_replay`: the replay marker [`Verifier::consume`] takes. Verifying
+    /// alone consumes nothing, so `Admin.Explain` and a refused exchange leave the token
+    /// usable.
+    pub replay: Option<Marker>,
 }
 
 struct Runtime {
     cfg: Arc<IssuerConfig>,
-    keys: KeyCache,
+    keys: Arc<KeyCache>,
 }
 
-/// Verifies tokens from the configured issuers.
+/// Verifies tokens from the configured issuers: the async shell around [`core`] (keys from the
+/// background-refreshed caches, replay markers from the [`ReplayStore`]).
 pub struct Verifier {
     issuers: Vec<Runtime>,
     clock: Arc<dyn Clock>,
-    replay: Arc<dyn Storage>,
+    replay: Arc<ReplayStore>,
 }
 
-/// Reads a time claim: absent is `None`; present must be a JSON number (CVE-2026-25537: a
-/// string `exp` is an error, not an absent claim).
-fn time_claim(claims: &Value, name: &'static str) -> Result<Option<u64>, VerifyError> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => {
-            let secs = if let Some(u) = n.as_u64() {
-                u
-            } else if let Some(f) = n.as_f64() {
-                // a fraction is allowed (RFC 7519 §2); negative, non-finite or huge is not
-                if !(f.is_finite() && f >= 0.0 && f <= MAX_NUMERIC_DATE as f64) {
-                    return Err(VerifyError::TimeOutOfRange(name));
-                }
-                f as u64
-            } else {
-                return Err(VerifyError::TimeOutOfRange(name));
-            };
-            if secs > MAX_NUMERIC_DATE {
-                return Err(VerifyError::TimeOutOfRange(name));
-            }
-            Ok(Some(secs))
+impl IssuerConfig {
+    /// The claim rules of this issuer, for [`core::check_claims`].
+    pub fn rules(&self) -> ClaimRules<'_> {
+        ClaimRules {
+            issuer: &self.issuer,
+            audience: &self.audience,
+            allow_extra_audiences: self.allow_extra_audiences,
+            leeway_secs: self.leeway_secs,
+            max_age_secs: self.max_token_age_secs,
+            max_lifetime_secs: self.max_token_lifetime_secs,
+            require_jti: self.refuse_jti_replay,
         }
-        Some(_) => Err(VerifyError::ClaimType(name)),
-    }
-}
-
-/// Refuses a header with `crit` (any value, `[]` too): keygate understands no extension.
-fn refuse_crit(token: &str) -> Result<(), VerifyError> {
-    let header = token.split('.').next().unwrap_or("");
-    let bytes = B64URL
-        .decode(header)
-        .map_err(|_| VerifyError::Malformed("header is not base64url".into()))?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| VerifyError::Malformed("header is not JSON".into()))?;
-    if v.get("crit").is_some() {
-        return Err(VerifyError::Critical);
-    }
-    Ok(())
-}
-
-/// The unverified `iss`, only to pick a configured issuer by exact match.
-fn peek_iss(token: &str) -> Result<String, VerifyError> {
-    let mut parts = token.split('.');
-    let (Some(_), Some(payload), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(VerifyError::Malformed(
-            "a JWT has three dot-separated parts".into(),
-        ));
-    };
-    let bytes = B64URL
-        .decode(payload)
-        .map_err(|_| VerifyError::Malformed("payload is not base64url".into()))?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| VerifyError::Malformed("payload is not JSON".into()))?;
-    match v.get("iss") {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(_) => Err(VerifyError::ClaimType("iss")),
-        None => Err(VerifyError::MissingClaim("iss")),
     }
 }
 
 impl Verifier {
-    /// Builds key caches for every issuer.
+    /// Builds key caches for every issuer. [`Verifier::start_refresh`] starts their fetching.
     pub fn new(
         issuers: &[IssuerConfig],
         allow_http_loopback: bool,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
-        replay: Arc<dyn Storage>,
+        replay: Arc<ReplayStore>,
     ) -> Result<Self, String> {
         let mut rts = Vec::new();
         for i in issuers {
             let cfg = Arc::new(i.clone());
-            let keys = KeyCache::new(cfg.clone(), allow_http_loopback, metrics.clone())
-                .map_err(|e| format!("issuer {}: {e}", i.name))?;
-            rts.push(Runtime { cfg, keys });
+            let keys = KeyCache::new(
+                cfg.clone(),
+                allow_http_loopback,
+                metrics.clone(),
+                clock.clone(),
+            )
+            .map_err(|e| format!("issuer {}: {e}", i.name))?;
+            rts.push(Runtime {
+                cfg,
+                keys: Arc::new(keys),
+            });
         }
         Ok(Self {
             issuers: rts,
@@ -223,179 +187,90 @@ impl Verifier {
         })
     }
 
+    /// Spawns each issuer's background key refresher (they end when this verifier is dropped).
+    pub fn start_refresh(&self) {
+        for r in &self.issuers {
+            tokio::spawn(KeyCache::refresher(Arc::downgrade(&r.keys)));
+        }
+    }
+
     /// The configured issuers.
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerConfig>> {
         self.issuers.iter().map(|r| &r.cfg)
     }
 
+    /// Key fetches made for an issuer so far (scheduled and request-triggered).
+    pub fn fetches(&self, issuer: &str) -> Option<u64> {
+        self.issuers
+            .iter()
+            .find(|r| r.cfg.name == issuer)
+            .map(|r| r.keys.fetches())
+    }
+
     /// Runs every check; the token never chooses where keys come from.
     pub async fn verify(&self, token: &str) -> Result<Verified, VerifyError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(VerifyError::TooLarge);
-        }
-        let token = token.trim();
-        let iss = peek_iss(token)?;
+        let parsed = core::parse(token, MAX_TOKEN_BYTES)?;
         let rt = self
             .issuers
             .iter()
-            .find(|r| r.cfg.issuer == iss)
-            .ok_or_else(|| VerifyError::UntrustedIssuer(iss.chars().take(200).collect()))?;
+            .find(|r| r.cfg.issuer == parsed.iss)
+            .ok_or_else(|| VerifyError::UntrustedIssuer(parsed.iss.chars().take(200).collect()))?;
         let cfg = &rt.cfg;
-        refuse_crit(token)?;
-        // decode_header refuses `none` and unknown algorithms; `jku`, `x5u` and `jwk` are never read.
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| VerifyError::Malformed(format!("header: {e}")))?;
-        if !cfg.algorithms.contains(&header.alg) {
-            return Err(VerifyError::AlgorithmNotAllowed(format!(
-                "{:?}",
-                header.alg
-            )));
-        }
-        let key = rt
-            .keys
-            .key(header.kid.as_deref(), header.alg)
-            .await
-            .map_err(|e| match e {
-                KeyError::UnknownKey { .. } => VerifyError::UnknownKey(e.to_string()),
-                KeyError::Unavailable(m) => VerifyError::IssuerUnavailable(m),
-            })?;
-        let mut v = Validation::new(header.alg);
-        v.algorithms = vec![header.alg];
-        v.required_spec_claims = HashSet::new();
-        v.validate_exp = false;
-        v.validate_nbf = false;
-        v.validate_aud = false;
-        let data = jsonwebtoken::decode::<Value>(token, &key, &v).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => VerifyError::BadSignature,
-            _ => VerifyError::Malformed(e.to_string()),
-        })?;
-        let claims = data.claims;
-        self.check_claims(cfg, &claims)
-            .await
-            .map(|(exp, replay)| Verified {
-                issuer: cfg.clone(),
-                claims,
-                exp,
-                replay,
-            })
-    }
-
-    async fn check_claims(
-        &self,
-        cfg: &IssuerConfig,
-        claims: &Value,
-    ) -> Result<(u64, Option<(Vec<u8>, u64)>), VerifyError> {
-        if claims.get("iss").and_then(Value::as_str) != Some(cfg.issuer.as_str()) {
-            return Err(VerifyError::UntrustedIssuer("iss changed".into()));
-        }
-        match claims.get("aud") {
-            Some(Value::String(a)) if *a == cfg.audience => {}
-            Some(Value::Array(list)) => {
-                let auds: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
-                if auds.len() != list.len() {
-                    return Err(VerifyError::ClaimType("aud"));
-                }
-                if !auds.contains(&cfg.audience.as_str()) {
-                    return Err(VerifyError::Audience(format!(
-                        "aud does not contain {:?}",
-                        cfg.audience
-                    )));
-                }
-                if auds.len() > 1 && !cfg.allow_extra_audiences {
-                    return Err(VerifyError::Audience(
-                        "aud lists other audiences too (allow_extra_audiences is off)".into(),
-                    ));
-                }
-            }
-            Some(Value::String(_)) => {
-                return Err(VerifyError::Audience(format!(
-                    "aud is not {:?}",
-                    cfg.audience
-                )))
-            }
-            Some(_) => return Err(VerifyError::ClaimType("aud")),
-            None => return Err(VerifyError::MissingClaim("aud")),
-        }
-        let now = self.clock.now_millis() / 1000;
-        let leeway = cfg.leeway_secs;
-        let exp = time_claim(claims, "exp")?.ok_or(VerifyError::MissingClaim("exp"))?;
-        let nbf = time_claim(claims, "nbf")?;
-        let iat = time_claim(claims, "iat")?.ok_or(VerifyError::MissingClaim("iat"))?;
-        if now > exp.saturating_add(leeway) {
-            return Err(VerifyError::Expired);
-        }
-        if nbf.is_some_and(|nbf| nbf > now + leeway) {
-            return Err(VerifyError::NotYetValid);
-        }
-        if iat > now + leeway {
-            return Err(VerifyError::IssuedInFuture);
-        }
-        if now.saturating_sub(iat) > cfg.max_token_age_secs {
-            return Err(VerifyError::TooOld(cfg.max_token_age_secs));
-        }
-        if exp.saturating_sub(iat) > cfg.max_token_lifetime_secs {
-            return Err(VerifyError::LifetimeTooLong(cfg.max_token_lifetime_secs));
-        }
-        let mut replay = None;
-        if cfg.refuse_jti_replay {
-            let jti = match claims.get("jti") {
-                Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => s,
-                Some(Value::String(_)) | Some(_) => return Err(VerifyError::ClaimType("jti")),
-                None => return Err(VerifyError::MissingClaim("jti")),
-            };
-            let key = format!("j/{}/{}", cfg.name, jti).into_bytes();
-            if self
-                .replay
-                .get(&key)
+        core::check_algorithm(&parsed, &cfg.algorithms)?;
+        let key = match rt.keys.lookup(parsed.kid.as_deref(), parsed.alg) {
+            Some(k) => k,
+            None => rt
+                .keys
+                .key(parsed.kid.as_deref(), parsed.alg)
                 .await
-                .map_err(|e| VerifyError::Store(e.to_string()))?
-                .is_some()
-            {
-                return Err(VerifyError::Replayed);
-            }
-            replay = Some((key, exp.saturating_add(leeway)));
-        }
-        Ok((exp, replay))
-    }
-
-    /// Writes the replay marker of a verified token (once: a second use is `Replayed`).
-    pub async fn consume(&self, v: &Verified) -> Result<(), VerifyError> {
-        let Some((key, until)) = &v.replay else {
-            return Ok(());
+                .map_err(|e| match e {
+                    KeyError::UnknownKey { .. } => VerifyError::UnknownKey(e.to_string()),
+                    KeyError::Unavailable(m) => VerifyError::IssuerUnavailable(m),
+                })?,
         };
-        match self
-            .replay
-            .commit(
-                Txn::default()
-                    .expect(key.clone(), None)
-                    .put(key.clone(), until.to_string().into_bytes()),
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(StorageError::Conflict) => Err(VerifyError::Replayed),
-            Err(e) => Err(VerifyError::Store(e.to_string())),
-        }
+        core::verify_signature(&parsed, &key)?;
+        let now = self.clock.now_millis() / 1000;
+        let checked = core::check_claims(&cfg.rules(), &parsed.claims, now)?;
+        let replay = match &checked.jti {
+            None => None,
+            Some(jti) => {
+                let m = ReplayStore::marker(
+                    &cfg.name,
+                    jti,
+                    checked.exp.saturating_add(cfg.leeway_secs),
+                );
+                if self.replay.seen(&m).await.map_err(replay_error)? {
+                    return Err(VerifyError::Replayed);
+                }
+                Some(m)
+            }
+        };
+        Ok(Verified {
+            issuer: cfg.clone(),
+            claims: parsed.claims,
+            exp: checked.exp,
+            replay,
+        })
     }
 
-    /// Removes replay entries past `exp` + leeway. Returns how many were removed.
-    pub async fn sweep_replay(&self) -> Result<usize, StorageError> {
-        let now = self.clock.now_millis() / 1000;
-        let mut removed = 0;
-        for (k, v) in self.replay.scan_prefix(b"j/").await? {
-            let until: u64 = std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            if until < now {
-                self.replay
-                    .commit(Txn::default().expect(k.clone(), Some(v)).delete(k))
-                    .await
-                    .ok();
-                removed += 1;
-            }
+    /// Sweeps replay markers past `exp` + leeway; returns how many were removed.
+    pub async fn sweep_replay(&self) -> Result<usize, crate::storage::StorageError> {
+        self.replay.sweep().await
+    }
+
+    /// Takes the replay marker of a verified token (once: a second use is `Replayed`).
+    pub async fn consume(&self, v: &Verified) -> Result<(), VerifyError> {
+        match &v.replay {
+            None => Ok(()),
+            Some(m) => self.replay.consume(m).await.map_err(replay_error),
         }
-        Ok(removed)
+    }
+}
+
+fn replay_error(e: ReplayError) -> VerifyError {
+    match e {
+        ReplayError::Replayed => VerifyError::Replayed,
+        other => VerifyError::Store(other.to_string()),
     }
 }
 
@@ -409,6 +284,8 @@ mod tests {
     use super::*;
     use crate::clock::FixedClock;
     use crate::policy::Platform;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine;
 
     fn verifier() -> (Verifier, tempfile::TempDir) {
         let jwks = r#"{"keys":[{"kty":"RSA","kid":"k","alg":"RS256","n":"sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw","e":"AQAB"}]}"#;
@@ -434,12 +311,13 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let storage = Arc::new(crate::storage::SledStorage::open(&dir.path().join("db")).unwrap());
+        let clock = Arc::new(FixedClock::at(1_800_000_000_000));
         let v = Verifier::new(
             &[cfg],
             false,
             Arc::new(Metrics::new()),
-            Arc::new(FixedClock::at(1_800_000_000_000)),
-            storage,
+            clock.clone(),
+            Arc::new(ReplayStore::new(storage, clock, 1000)),
         )
         .unwrap();
         (v, dir)

@@ -13,6 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, KekSource, StorageConfig};
 use crate::credential::Credentials;
 use crate::database::Databases;
+use crate::identity::replay::ReplayStore;
 use crate::identity::trust::Trust;
 use crate::identity::Verifier;
 use crate::metrics::Metrics;
@@ -52,17 +53,18 @@ struct Reloader {
     metrics: Arc<Metrics>,
     trust: Arc<RwLock<Arc<Trust>>>,
     clock: Arc<dyn Clock>,
-    storage: Arc<dyn Storage>,
+    replay: Arc<ReplayStore>,
     databases: Arc<Databases>,
     rotator: Arc<crate::rotation::Rotator>,
 }
 
-/// Builds the verifier and roles of a config.
+/// Builds the verifier and roles of a config and starts its key refreshers (the previous
+/// verifier's end when it is dropped).
 fn build_trust(
     config: &Config,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
-    storage: Arc<dyn Storage>,
+    replay: Arc<ReplayStore>,
 ) -> Result<Trust, String> {
     let id = &config.identity;
     let verifier = Verifier::new(
@@ -70,8 +72,9 @@ fn build_trust(
         id.dangerous_allow_http_loopback_issuers,
         metrics,
         clock,
-        storage,
+        replay,
     )?;
+    verifier.start_refresh();
     Ok(Trust::new(verifier, id.roles.clone()))
 }
 
@@ -83,7 +86,7 @@ impl ConfigReload for Reloader {
                     &new,
                     self.metrics.clone(),
                     self.clock.clone(),
-                    self.storage.clone(),
+                    self.replay.clone(),
                 )
                 .map_err(|e| {
                     self.metrics.reload(false);
@@ -263,20 +266,20 @@ impl Daemon {
             .await
             .map_err(|e| StartError::Other(e.to_string()))?,
         );
-        let trust = build_trust(
-            &config,
-            metrics.clone(),
-            clock.clone(),
+        let replay = Arc::new(ReplayStore::new(
             store.storage().clone(),
-        )
-        .map_err(|m| {
-            StartError::Config(ConfigError {
-                file: config.path.clone(),
-                line: None,
-                key: Some("issuers".into()),
-                message: m,
-            })
-        })?;
+            clock.clone(),
+            config.identity.max_replay_entries,
+        ));
+        let trust =
+            build_trust(&config, metrics.clone(), clock.clone(), replay.clone()).map_err(|m| {
+                StartError::Config(ConfigError {
+                    file: config.path.clone(),
+                    line: None,
+                    key: Some("issuers".into()),
+                    message: m,
+                })
+            })?;
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
         let authz = Arc::new(Gate::new(
             config.admin_subjects.clone(),
@@ -348,7 +351,7 @@ impl Daemon {
             metrics: metrics.clone(),
             trust: trust.clone(),
             clock: clock.clone(),
-            storage: store.storage().clone(),
+            replay: replay.clone(),
             databases: databases.clone(),
             rotator: rotator.clone(),
         });

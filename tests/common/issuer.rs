@@ -232,6 +232,29 @@ impl TestIssuer {
         let key = ca_dir.join(format!("{name}-issuer-key.pem"));
         keygate::devenv::issue_server_cert(ca_dir, &["localhost", "127.0.0.1"], &cert, &key)
             .unwrap();
+        Self::start_with(cert, key).await
+    }
+
+    /// Serves HTTPS with the self-signed certificate `openssl req -x509` makes by default
+    /// (CA:TRUE, no subjectAltName), written to `<dir>/<name>-selfsigned.pem`.
+    pub async fn start_self_signed(dir: &Path, name: &str) -> Self {
+        let cert = dir.join(format!("{name}-selfsigned.pem"));
+        let key = dir.join(format!("{name}-selfsigned-key.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+            ])
+            .args(["-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{out:?}");
+        Self::start_with(cert, key).await
+    }
+
+    async fn start_with(cert: std::path::PathBuf, key: std::path::PathBuf) -> Self {
         let cfg = keygate::tls::http_server_config(&keygate::config::TlsConfig {
             cert_file: cert,
             key_file: key,
