@@ -18,6 +18,7 @@ pub mod credential;
 pub mod database;
 pub mod devenv;
 pub mod devissuer;
+pub mod fuzzing;
 pub mod generate;
 pub mod identity;
 pub mod injector;

@@ -555,6 +555,21 @@ async fn attack_matrix() {
     );
     let n = now();
 
+    // a foreign audience is invalid_target, INVALID_ARGUMENT (not a string-keyed default)
+    let e = pb::token_exchange_client::TokenExchangeClient::new(ch.clone())
+        .exchange(pb::ExchangeRequest {
+            subject_token: w.rsa.sign(&good),
+            role: "deploy".into(),
+            audience: "https://someone-else.example".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (tonic::Code::InvalidArgument, "invalid_target")
+    );
+
     // alg: none
     let none = format!(
         "{}.{}.",

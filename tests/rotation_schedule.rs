@@ -126,7 +126,10 @@ async fn interval_schedule_rotates_at_the_right_times_and_keeps_previous_during_
     assert_eq!(changes.last().unwrap().1, 5);
 
     // just after a rotation: previous readable, and soft-deleted when the overlap ends
-    w.rotator.rotate("app/db", "manual").await.unwrap();
+    w.rotator
+        .rotate("app/db", keygate::rotation::state::Trigger::Manual)
+        .await
+        .unwrap();
     let meta = w.store.metadata("app/db").await.unwrap();
     assert_eq!(meta.current_version, 6);
     assert_eq!(meta.previous_version, Some(5));
@@ -174,7 +177,10 @@ async fn cron_schedule_runs_at_three_utc_and_a_missed_run_runs_once() {
     assert_eq!(restarted.tick().await.unwrap(), 0, "a missed run runs once");
     assert_eq!(current(&w, "app/cron").await, before + 1);
     let st = restarted.status("app/").await.unwrap();
-    assert_eq!(st[0].state.trigger.as_deref(), Some("missed"));
+    assert_eq!(
+        st[0].state.trigger,
+        Some(keygate::rotation::state::Trigger::Missed)
+    );
     let next = st[0].state.next_run_at.unwrap();
     assert_eq!(
         (next - T0) % (24 * HOUR),
@@ -196,7 +202,9 @@ async fn two_rotations_never_overlap() {
         let (w, other) = (w.clone(), other.clone());
         tasks.push(tokio::spawn(async move {
             let r = if i % 2 == 0 { &w.rotator } else { &*other };
-            r.rotate("app/race", "manual").await.is_ok()
+            r.rotate("app/race", keygate::rotation::state::Trigger::Manual)
+                .await
+                .is_ok()
         }));
     }
     let mut ok = 0;
@@ -419,7 +427,10 @@ async fn a_jitter_window_spreads_runs_inside_it() {
     let w = world(vec![p]).await;
     let mut offsets = std::collections::BTreeSet::new();
     for _ in 0..20 {
-        w.rotator.rotate("app/j", "manual").await.unwrap();
+        w.rotator
+            .rotate("app/j", keygate::rotation::state::Trigger::Manual)
+            .await
+            .unwrap();
         let st = &w.rotator.status("app/").await.unwrap()[0];
         let next = st.state.next_run_at.unwrap();
         let base = st.state.last_rotated_at.unwrap() + HOUR;

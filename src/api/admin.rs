@@ -275,7 +275,10 @@ impl AdminApi {
         // through the rotation state machine, like any secret
         self.state
             .rotator
-            .rotate(crate::credential::SIGNING_KEYS_PATH, "manual")
+            .rotate(
+                crate::credential::SIGNING_KEYS_PATH,
+                crate::rotation::state::Trigger::Manual,
+            )
             .await?;
         self.state
             .credentials

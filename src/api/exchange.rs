@@ -2,6 +2,7 @@
 //! semantics). Callers learn a stable reason code only; logs and `Admin.Explain` hold the rest.
 use super::{ApiError, AppState, RpcScope};
 use crate::credential::lease::{Lease, LeaseStore};
+use crate::identity::Refusal;
 use crate::pb;
 use crate::policy::scope::{self, Scope};
 use serde_json::{Map, Value};
@@ -82,11 +83,11 @@ impl ExchangeApi {
         scope.resource(format!("role:{}", req.role));
         let token_ref = self.state.audit_ref(req.subject_token.as_bytes());
         scope.caller(|c| c.token_hmac = Some(token_ref));
-        let refuse = |code: &'static str, detail: String| ApiError::Exchange { code, detail };
+        let refuse = |refusal: Refusal, detail: String| ApiError::Exchange { refusal, detail };
         // an exchange answers with its stable reason codes, limits included
         if req.subject_token.len() > self.state.limits.max_token_bytes {
             return Err(refuse(
-                "token_too_large",
+                Refusal::TokenTooLarge,
                 format!(
                     "subject_token is {} bytes; the limit is {} (limits.max_token_bytes)",
                     req.subject_token.len(),
@@ -97,19 +98,19 @@ impl ExchangeApi {
         self.state
             .limits
             .check(&req)
-            .map_err(|e| refuse("invalid_request", e.to_string()))?;
+            .map_err(|e| refuse(Refusal::InvalidRequest, e.to_string()))?;
         if !ACCEPTED_SUBJECT_TYPES.contains(&req.subject_token_type.as_str()) {
             return Err(refuse(
-                "invalid_request",
+                Refusal::InvalidRequest,
                 format!("subject_token_type {:?}", req.subject_token_type),
             ));
         }
         if req.role.is_empty() {
-            return Err(refuse("invalid_request", "role is required".into()));
+            return Err(refuse(Refusal::InvalidRequest, "role is required".into()));
         }
         if !req.audience.is_empty() && req.audience != self.state.credentials.audience() {
             return Err(refuse(
-                "invalid_target",
+                Refusal::InvalidTarget,
                 format!("audience {:?}", req.audience),
             ));
         }
@@ -118,12 +119,12 @@ impl ExchangeApi {
             .iter()
             .map(|s| Scope::parse(s))
             .collect::<Result<_, _>>()
-            .map_err(|e| refuse("invalid_scope", e))?;
+            .map_err(|e| refuse(Refusal::InvalidScope, e))?;
         let trust = self.state.trust();
         let v = trust
             .verify(&req.subject_token)
             .await
-            .map_err(|e| refuse(e.code(), e.to_string()))?;
+            .map_err(|e| refuse(e.refusal(), e.to_string()))?;
         scope.caller(|c| {
             c.issuer = Some(v.issuer.issuer.clone());
             c.subject = v
@@ -135,20 +136,20 @@ impl ExchangeApi {
         });
         let role = trust
             .role(&req.role)
-            .ok_or_else(|| refuse("no_matching_role", "no role of that name".to_string()))?;
+            .ok_or_else(|| refuse(Refusal::NoMatchingRole, "no role of that name".to_string()))?;
         // a configured name only: the role a caller typed is not recorded as its role
         scope.caller(|c| c.role = Some(role.name.clone()));
         role.check(&v.issuer.name, v.issuer.platform, &v.claims)
             .map_err(|m| {
                 refuse(
-                    "no_matching_role",
+                    Refusal::NoMatchingRole,
                     format!("role {}: {}", role.name, crate::policy::describe_all(&m)),
                 )
             })?;
         let granted = scope::intersect(&requested, &role.scopes);
         if granted.is_empty() {
             return Err(refuse(
-                "scope_not_allowed",
+                Refusal::ScopeNotAllowed,
                 "no requested scope is allowed by the role".into(),
             ));
         }
@@ -166,7 +167,7 @@ impl ExchangeApi {
         }
         if ttl == 0 {
             return Err(refuse(
-                "token_expired",
+                Refusal::TokenExpired,
                 "no lifetime left under the platform token's expiry".into(),
             ));
         }
@@ -195,14 +196,14 @@ impl ExchangeApi {
         trust
             .consume(&v)
             .await
-            .map_err(|e| refuse(e.code(), e.to_string()))?;
+            .map_err(|e| refuse(e.refusal(), e.to_string()))?;
         self.state.credentials.leases.create(&lease).await?;
         let token = self
             .state
             .credentials
             .mint(&lease, now + ttl)
             .await
-            .map_err(|e| refuse("server_error", e.to_string()))?;
+            .map_err(|e| refuse(Refusal::ServerError, e.to_string()))?;
         tracing::info!(role = %lease.role, lease_id = %lease.lease_id, ttl, scopes = ?lease.scopes, "credential issued");
         Ok(pb::ExchangeResponse {
             access_token: token,
@@ -233,7 +234,7 @@ impl pb::token_exchange_server::TokenExchange for ExchangeApi {
         let result = self.exchange(req, &scope).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(ApiError::Exchange { code, .. }) => code,
+            Err(ApiError::Exchange { refusal, .. }) => refusal.code(),
             Err(_) => "error",
         };
         self.state.metrics.exchange(&role, outcome);

@@ -90,10 +90,10 @@ pub enum ApiError {
     #[error("{0}")]
     FailedPrecondition(String),
     /// A token exchange refused: the stable reason code is all the caller learns.
-    #[error("exchange refused: {code} ({detail})")]
+    #[error("exchange refused: {refusal} ({detail})")]
     Exchange {
-        /// Stable reason code.
-        code: &'static str,
+        /// Why (its code is what the caller sees).
+        refusal: crate::identity::Refusal,
         /// Full reason, for logs only.
         detail: String,
     },
@@ -114,6 +114,24 @@ pub enum ApiError {
     AuditUnavailable,
 }
 
+/// The gRPC status of an exchange refusal: exhaustive, no default.
+pub fn refusal_status(r: crate::identity::Refusal) -> Code {
+    use crate::identity::Refusal as R;
+    match r {
+        R::InvalidRequest | R::InvalidScope | R::InvalidTarget => Code::InvalidArgument,
+        R::NoMatchingRole | R::ScopeNotAllowed => Code::PermissionDenied,
+        R::IssuerUnavailable | R::ServerError => Code::Unavailable,
+        R::TokenTooLarge
+        | R::UntrustedIssuer
+        | R::InvalidAudience
+        | R::TokenExpired
+        | R::TokenNotYetValid
+        | R::TokenTooOld
+        | R::TokenReplayed
+        | R::InvalidToken => Code::Unauthenticated,
+    }
+}
+
 impl ApiError {
     /// The status a caller sees. Messages name paths and versions, never values or policy.
     pub fn to_status(&self) -> Status {
@@ -128,14 +146,8 @@ impl ApiError {
                 Status::unauthenticated(e.to_string())
             }
             ApiError::Authz(e @ AuthzError::Unavailable) => Status::unavailable(e.to_string()),
-            ApiError::Exchange { code, .. } => {
-                let c = match *code {
-                    "invalid_request" | "invalid_scope" => Code::InvalidArgument,
-                    "no_matching_role" | "scope_not_allowed" => Code::PermissionDenied,
-                    "issuer_unavailable" | "server_error" => Code::Unavailable,
-                    _ => Code::Unauthenticated,
-                };
-                Status::new(c, *code)
+            ApiError::Exchange { refusal, .. } => {
+                Status::new(refusal_status(*refusal), refusal.code())
             }
             ApiError::NotFound(m) => Status::not_found(m.clone()),
             ApiError::Rotation(e) => {

@@ -101,7 +101,7 @@ pub fn status_to_pb(s: &Status) -> pb::RotationStatus {
         attempts: s.state.attempts,
         last_error: s.state.last_error.clone().unwrap_or_default(),
         rotations: s.state.rotations,
-        trigger: s.state.trigger.clone().unwrap_or_default(),
+        trigger: s.state.trigger.map(|t| t.to_string()).unwrap_or_default(),
         policy: Some(to_pb_policy(&p.raw)),
     }
 }
@@ -129,7 +129,10 @@ pub async fn rotate(
         state.limits.check(&req)?;
         scope.principal()?.require(Action::Rotate, &req.path)?;
         scope.intent().await?;
-        state.rotator.rotate(&req.path, "manual").await?;
+        state
+            .rotator
+            .rotate(&req.path, crate::rotation::state::Trigger::Manual)
+            .await?;
         one(state, &req.path).await
     }
     .await;

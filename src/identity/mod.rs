@@ -6,6 +6,7 @@ pub mod core;
 pub mod issuer;
 pub mod issuer_tls;
 pub mod jwks;
+pub mod refusal;
 pub mod replay;
 pub mod trust;
 
@@ -15,6 +16,7 @@ use core::ClaimRules;
 use issuer::IssuerConfig;
 use jsonwebtoken::Algorithm;
 use jwks::{KeyCache, KeyError};
+pub use refusal::Refusal;
 use replay::{Marker, ReplayError, ReplayStore};
 use serde_json::Value;
 use std::sync::Arc;
@@ -88,18 +90,18 @@ pub enum VerifyError {
 pub use core::MAX_NUMERIC_DATE;
 
 impl VerifyError {
-    /// The stable reason code a caller sees.
-    pub fn code(&self) -> &'static str {
+    /// The refusal a caller learns (exhaustive: a new variant must say which).
+    pub fn refusal(&self) -> Refusal {
         use VerifyError::*;
         match self {
-            TooLarge => "token_too_large",
-            UntrustedIssuer(_) => "untrusted_issuer",
-            IssuerUnavailable(_) | Store(_) => "issuer_unavailable",
-            Audience(_) => "invalid_audience",
-            Expired => "token_expired",
-            NotYetValid | IssuedInFuture => "token_not_yet_valid",
-            TooOld(_) => "token_too_old",
-            Replayed => "token_replayed",
+            TooLarge => Refusal::TokenTooLarge,
+            UntrustedIssuer(_) => Refusal::UntrustedIssuer,
+            IssuerUnavailable(_) | Store(_) => Refusal::IssuerUnavailable,
+            Audience(_) => Refusal::InvalidAudience,
+            Expired => Refusal::TokenExpired,
+            NotYetValid | IssuedInFuture => Refusal::TokenNotYetValid,
+            TooOld(_) => Refusal::TokenTooOld,
+            Replayed => Refusal::TokenReplayed,
             Malformed(_)
             | AlgorithmNotAllowed(_)
             | UnknownKey(_)
@@ -108,8 +110,13 @@ impl VerifyError {
             | MissingClaim(_)
             | Critical
             | TimeOutOfRange(_)
-            | LifetimeTooLong(_) => "invalid_token",
+            | LifetimeTooLong(_) => Refusal::InvalidToken,
         }
+    }
+
+    /// The stable reason code a caller sees.
+    pub fn code(&self) -> &'static str {
+        self.refusal().code()
     }
 }
 

@@ -21,7 +21,7 @@ use crate::secrets::{SecretStore, SecretsError};
 use crate::sensitive::{SecretBytes, SecretFields};
 use crate::storage::{StorageError, Txn};
 use config::{check, Generator, Policy, RawRotation};
-use state::{RotationState, Step};
+use state::{RotationState, Step, Trigger};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -350,9 +350,9 @@ impl Rotator {
                 Step::Idle => match st.next_run_at {
                     Some(t) => (t <= now).then(|| {
                         if now.saturating_sub(t) > 60_000 {
-                            "missed"
+                            Trigger::Missed
                         } else {
-                            "schedule"
+                            Trigger::Schedule
                         }
                     }),
                     None => {
@@ -369,11 +369,14 @@ impl Rotator {
                                 .await;
                             None
                         } else {
-                            Some("initial")
+                            Some(Trigger::Initial)
                         }
                     }
                 },
-                _ => st.retry_at.is_none_or(|t| t <= now).then_some("resume"),
+                _ => st
+                    .retry_at
+                    .is_none_or(|t| t <= now)
+                    .then_some(Trigger::Resume),
             };
             if let Some(trigger) = due {
                 match self.rotate(&p.path, trigger).await {
@@ -395,11 +398,15 @@ impl Rotator {
     }
 
     /// Rotates `path` now (or resumes its unfinished rotation) and drives it to current.
-    pub async fn rotate(&self, path: &str, trigger: &str) -> Result<RotationState, RotationError> {
+    pub async fn rotate(
+        &self,
+        path: &str,
+        trigger: Trigger,
+    ) -> Result<RotationState, RotationError> {
         let p = self.policy(path).await?;
         // the scheduler skips a path that is being rotated; an operator's "rotate now" waits
         // for the run in flight (up to 30 s) and then rotates again
-        let waits = if trigger == "manual" { 600 } else { 0 };
+        let waits = if trigger == Trigger::Manual { 600 } else { 0 };
         let mut tries = 0;
         let _running = loop {
             let taken = {
@@ -420,7 +427,7 @@ impl Rotator {
         };
         let (_, st) = state::load(self.store.storage().as_ref(), path).await?;
         if st.step == Step::Idle {
-            if trigger == "resume" {
+            if trigger == Trigger::Resume {
                 return Ok(st);
             }
             self.start(&p, trigger).await?;
@@ -545,7 +552,7 @@ impl Rotator {
     }
 
     /// Idle → pending: the new version is stored, not current.
-    async fn start(&self, p: &Policy, trigger: &str) -> Result<(), RotationError> {
+    async fn start(&self, p: &Policy, trigger: Trigger) -> Result<(), RotationError> {
         let (raw, st) = state::load(self.store.storage().as_ref(), &p.path).await?;
         if st.step != Step::Idle {
             return Err(RotationError::InProgress(p.path.clone()));
@@ -573,7 +580,7 @@ impl Rotator {
             pending_version: Some(next_version),
             from_version: from,
             started_at: Some(now),
-            trigger: Some(trigger.to_string()),
+            trigger: Some(trigger),
             attempts: 0,
             retry_at: None,
             ..st
@@ -594,7 +601,7 @@ impl Rotator {
             }
             Err(e) => return Err(e.into()),
         }
-        tracing::info!(path = %p.path, version = next_version, trigger, "rotation started");
+        tracing::info!(path = %p.path, version = next_version, trigger = trigger.as_str(), "rotation started");
         self.crash_if("pending");
         Ok(())
     }

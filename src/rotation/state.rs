@@ -31,6 +31,41 @@ impl Step {
 }
 
 /// The rotation record of one path.
+/// What starts (or resumes) a rotation. Stored in the state as its lowercase name.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// The first rotation of a path with no secret yet.
+    Initial,
+    /// Its scheduled time came.
+    Schedule,
+    /// Its scheduled time passed while keygate was down.
+    Missed,
+    /// An operator or credential asked (`RotateSecret`): waits for a run in flight.
+    Manual,
+    /// The scheduler resumes a rotation a crash or a failure interrupted.
+    Resume,
+}
+
+impl Trigger {
+    /// As stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Initial => "initial",
+            Trigger::Schedule => "schedule",
+            Trigger::Missed => "missed",
+            Trigger::Manual => "manual",
+            Trigger::Resume => "resume",
+        }
+    }
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RotationState {
     /// Current step.
@@ -50,9 +85,9 @@ pub struct RotationState {
     /// When this rotation started.
     #[serde(default)]
     pub started_at: Option<u64>,
-    /// What started it: `initial`, `schedule`, `missed`, `manual`.
+    /// What started it.
     #[serde(default)]
-    pub trigger: Option<String>,
+    pub trigger: Option<Trigger>,
     /// Failed attempts of the current step.
     #[serde(default)]
     pub attempts: u32,
