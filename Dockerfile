@@ -2,8 +2,9 @@
 # Build: a release binary; no system protoc needed (protox compiles the protos).
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs clippy.toml ./
+COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY proto proto
+COPY crates crates
 COPY src src
 RUN cargo build --release --locked && strip target/release/keygate
 

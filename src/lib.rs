@@ -24,8 +24,10 @@ pub mod identity;
 pub mod injector;
 pub mod logging;
 pub mod metrics;
-pub mod pb;
-pub mod policy;
+/// The policy model (the `keygate-policy` crate).
+pub use keygate_policy as policy;
+/// Generated protobuf and gRPC code (the `keygate-proto` crate).
+pub use keygate_proto as pb;
 pub mod rotation;
 pub mod secrets;
 pub mod sensitive;

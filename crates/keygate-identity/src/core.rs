@@ -2,7 +2,7 @@
 //! claims, as synchronous functions with the time passed in. No storage, network, clock or
 //! metrics: the async shell ([`super::Verifier`]) fetches keys and keeps replay markers, and
 //! these functions can be tested and fuzzed alone.
-use super::VerifyError;
+use crate::VerifyError;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};

@@ -5,16 +5,16 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
-        "proto/keygate/v1/secrets.proto",
-        "proto/keygate/v1/admin.proto",
-        "proto/keygate/v1/token_exchange.proto",
-        "proto/keygate/v1/leases.proto",
-        "proto/keygate/v1/database_credentials.proto",
+        "../../proto/keygate/v1/secrets.proto",
+        "../../proto/keygate/v1/admin.proto",
+        "../../proto/keygate/v1/token_exchange.proto",
+        "../../proto/keygate/v1/leases.proto",
+        "../../proto/keygate/v1/database_credentials.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
-    let fds = protox::compile(files, ["proto"])?;
+    let fds = protox::compile(files, ["../../proto"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("keygate_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
