@@ -33,10 +33,7 @@ pub enum Principal {
     Credential(Box<Authenticated>),
 }
 
-/// Paths no caller reaches (keygate's own keys).
-pub fn is_reserved(path: &str) -> bool {
-    path == "_sys" || path.starts_with("_sys/")
-}
+use crate::secrets::path::is_reserved;
 
 impl Principal {
     /// May this principal do `action` on `path`?

@@ -8,38 +8,12 @@ use crate::policy::scope::Scope;
 use crate::policy::{Matcher, Platform, Role};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A config problem. Exit code 64 when it stops a start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// The config file.
-    pub file: PathBuf,
-    /// 1-based line, where known.
-    pub line: Option<usize>,
-    /// Dotted key, where known.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config error in {}", self.file.display())?;
-        if let Some(l) = self.line {
-            write!(f, ", line {l}")?;
-        }
-        if let Some(k) = &self.key {
-            write!(f, ", key `{k}`")?;
-        }
-        write!(f, ": {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::config_error::ConfigError;
+pub(crate) use crate::config_error::{key_at_line, Ctx};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -518,7 +492,7 @@ pub struct ServerConfig {
     /// How long in-flight requests get to finish on SIGTERM.
     pub shutdown_grace: Duration,
     /// Handshake, idle and connection-count limits of the gRPC listener.
-    pub connections: crate::server::listener::ConnLimits,
+    pub connections: ConnLimits,
     /// HTTP/2 PING interval on an open connection (a peer that does not answer within
     /// `keepalive_timeout` is dropped).
     pub keepalive_interval: Duration,
@@ -528,15 +502,17 @@ pub struct ServerConfig {
     pub max_concurrent_streams: u32,
 }
 
-/// TLS material locations.
+pub use crate::tls::TlsConfig;
+
+/// Connection limits (`[server]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsConfig {
-    /// Server certificate chain (PEM).
-    pub cert_file: PathBuf,
-    /// Server private key (PEM).
-    pub key_file: PathBuf,
-    /// CA for client certificates; enables mTLS.
-    pub client_ca_file: Option<PathBuf>,
+pub struct ConnLimits {
+    /// TLS handshake deadline from accept.
+    pub handshake_timeout: std::time::Duration,
+    /// No bytes in either direction for this long closes the connection.
+    pub idle_timeout: std::time::Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
 }
 
 /// Where secrets are stored.
@@ -587,131 +563,7 @@ pub struct Config {
     pub limits: crate::api::limits::Limits,
 }
 
-/// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
-pub fn normalize_dn(dn: &str) -> String {
-    dn.split(',')
-        .map(|p| {
-            let p = p.trim();
-            match p.split_once('=') {
-                Some((k, v)) => format!("{}={}", k.trim().to_ascii_uppercase(), v.trim()),
-                None => p.to_string(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-pub(crate) struct Ctx<'a> {
-    pub(crate) file: &'a Path,
-    pub(crate) text: &'a str,
-}
-
-impl Ctx<'_> {
-    /// An error for `table.key`, with the line where the key is set if it can be found.
-    pub(crate) fn err(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            file: self.file.to_path_buf(),
-            line: find_line(self.text, table, key),
-            key: Some(format!("{table}.{key}")),
-            message: message.into(),
-        }
-    }
-
-    /// An error for `array[index].key` (e.g. `roles[2].scopes`).
-    pub(crate) fn err_at(
-        &self,
-        array: &str,
-        index: usize,
-        key: &str,
-        message: impl Into<String>,
-    ) -> ConfigError {
-        ConfigError {
-            file: self.file.to_path_buf(),
-            line: find_line_array(self.text, array, index, key),
-            key: Some(format!("{array}[{index}].{key}")),
-            message: message.into(),
-        }
-    }
-
-    pub(crate) fn resolve(&self, p: &Path) -> PathBuf {
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
-        }
-    }
-}
-
-/// The 1-based line where `key` is set inside `[table]`.
-fn find_line(text: &str, table: &str, key: &str) -> Option<usize> {
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            current = h.trim().to_string();
-            continue;
-        }
-        if current == table {
-            if let Some((k, _)) = l.split_once('=') {
-                if k.trim() == key {
-                    return Some(i + 1);
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The 1-based line where `key` is set in the `index`-th `[[array]]` table (or its header).
-fn find_line_array(text: &str, array: &str, index: usize, key: &str) -> Option<usize> {
-    let header = format!("[[{array}]]");
-    let mut seen = 0usize;
-    let mut inside = false;
-    let mut header_line = None;
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if l.starts_with('[') {
-            inside = false;
-            if l == header {
-                seen += 1;
-                if seen == index + 1 {
-                    inside = true;
-                    header_line = Some(i + 1);
-                }
-            }
-            continue;
-        }
-        if inside {
-            if let Some((k, _)) = l.split_once('=') {
-                if k.trim().trim_matches('"') == key {
-                    return Some(i + 1);
-                }
-            }
-        }
-    }
-    header_line
-}
-
-/// The dotted key set on a given 1-based line (for parser errors that only give a position).
-fn key_at_line(text: &str, line_no: usize) -> Option<String> {
-    let mut current = String::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if let Some(h) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            current = h.trim().trim_matches(['[', ']']).to_string();
-        }
-        if i + 1 == line_no {
-            let (k, _) = l.split_once('=')?;
-            let k = k.trim();
-            return Some(if current.is_empty() {
-                k.to_string()
-            } else {
-                format!("{current}.{k}")
-            });
-        }
-    }
-    None
-}
+pub use crate::tls::normalize_dn;
 
 fn parse_addr(ctx: &Ctx<'_>, key: &str, v: &str) -> Result<SocketAddr, ConfigError> {
     v.parse().map_err(|_| {
@@ -936,7 +788,7 @@ impl Config {
                 node_id,
                 max_message_bytes: raw.server.max_message_bytes as usize,
                 shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs as u64),
-                connections: crate::server::listener::ConnLimits {
+                connections: ConnLimits {
                     handshake_timeout: Duration::from_secs(raw.server.handshake_timeout_secs),
                     idle_timeout: Duration::from_secs(raw.server.idle_timeout_secs),
                     max_connections: raw.server.max_connections,

@@ -43,7 +43,7 @@ pub fn init(dir: &Path, listen: &str) -> Result<DevIssuer, String> {
         .parse()
         .map_err(|_| format!("--issuer-listen {listen:?} is not an address"))?;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())?;
-    crate::devenv::write_private(&key_path(dir), &kp.serialize_pem())?;
+    crate::fsutil::write_private(&key_path(dir), &kp.serialize_pem())?;
     let mut id = [0u8; 4];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| "random source failed".to_string())?;
     let d = DevIssuer {

@@ -4,6 +4,17 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
+/// TLS material locations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert_file: std::path::PathBuf,
+    /// Server private key (PEM).
+    pub key_file: std::path::PathBuf,
+    /// CA for client certificates; enables mTLS.
+    pub client_ca_file: Option<std::path::PathBuf>,
+}
+
 /// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
 pub fn install_crypto_provider() {
     // Err only means one is already installed, which is what we want.
@@ -31,23 +42,16 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 
 /// The rustls server config for the HTTPS side listener: the same certificate, key and
 /// optional client CA as the gRPC listener.
-pub fn http_server_config(
-    cfg: &crate::config::TlsConfig,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn http_server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     server_config(cfg, &[b"h2", b"http/1.1"])
 }
 
 /// The rustls server config of the gRPC listener: HTTP/2 only.
-pub fn grpc_rustls_config(
-    cfg: &crate::config::TlsConfig,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn grpc_rustls_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     server_config(cfg, &[b"h2"])
 }
 
-fn server_config(
-    cfg: &crate::config::TlsConfig,
-    alpn: &[&[u8]],
-) -> Result<Arc<rustls::ServerConfig>, String> {
+fn server_config(cfg: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -79,5 +83,19 @@ fn server_config(
 /// The subject of a (verified) client certificate, normalised like config subjects.
 pub fn cert_subject(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    Some(crate::config::normalize_dn(&cert.subject().to_string()))
+    Some(normalize_dn(&cert.subject().to_string()))
+}
+
+/// Normalises a distinguished name for comparison: `CN=a, O=b` → `CN=a,O=b`.
+pub fn normalize_dn(dn: &str) -> String {
+    dn.split(',')
+        .map(|p| {
+            let p = p.trim();
+            match p.split_once('=') {
+                Some((k, v)) => format!("{}={}", k.trim().to_ascii_uppercase(), v.trim()),
+                None => p.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -6,8 +6,8 @@
 pub mod config;
 pub mod render;
 
-use crate::cli::client::{auth_for, connect, Auth};
-use crate::cli::Conn;
+use crate::client::Conn;
+use crate::client::{auth_for, connect, Auth};
 use crate::pb;
 use anyhow::{anyhow, Context};
 use config::{signal_number, AgentConfig};
@@ -102,7 +102,7 @@ async fn exchange(ch: &Channel, cfg: &AgentConfig) -> anyhow::Result<Session> {
             anyhow!(
                 "exchange for role {}: {}",
                 cfg.role,
-                crate::cli::client::status_error(s)
+                crate::client::status_error(s)
             )
         })?
         .into_inner();
@@ -122,7 +122,7 @@ impl Agent {
     async fn fetch(&self, paths: &BTreeSet<String>) -> anyhow::Result<()> {
         let cred = self.credential().await;
         let ch = authed(&self.ch, &cred)?;
-        let got = crate::cli::run::fetch_all(&ch, paths.iter().map(String::as_str))
+        let got = crate::client::fetch_all(&ch, paths.iter().map(String::as_str))
             .await?
             .into_iter()
             .map(|(p, f)| {
@@ -248,7 +248,7 @@ impl Agent {
         for (path, prefix) in &e.env_prefix {
             for (f, v) in s.get(path).into_iter().flatten() {
                 out.insert(
-                    format!("{prefix}{}", crate::cli::run::env_suffix(f)),
+                    format!("{prefix}{}", crate::client::env_suffix(f)),
                     Zeroizing::new(v.clone()),
                 );
             }
@@ -456,7 +456,7 @@ async fn renewer(agent: Arc<Agent>) {
                     increment_seconds: 0,
                 })
                 .await
-                .map_err(|s| anyhow!("{}", crate::cli::client::status_error(s)))?
+                .map_err(|s| anyhow!("{}", crate::client::status_error(s)))?
                 .into_inner();
             Ok::<_, anyhow::Error>(r)
         }
@@ -513,7 +513,7 @@ async fn watcher(agent: Arc<Agent>, tx: tokio::sync::watch::Sender<u64>) {
                     prefixes: vec![],
                 })
                 .await
-                .map_err(|s| (s.code(), anyhow!("{}", crate::cli::client::status_error(s))))
+                .map_err(|s| (s.code(), anyhow!("{}", crate::client::status_error(s))))
                 .map_err(|(code, e)| {
                     if code == tonic::Code::Unauthenticated {
                         anyhow!("unauthenticated: {e}")

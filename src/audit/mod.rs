@@ -2,7 +2,7 @@
 //! hash-chained, signed, append-only file sequence (docs/audit.md). It is evidence, not a log
 //! level: its own files, fixed schema, no secret values (only `hmac-sha256:` references).
 pub mod bench;
-pub mod bench_reads;
+
 pub mod cli;
 pub mod record;
 pub mod tail;
@@ -57,12 +57,12 @@ impl AuditKeys {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         if !signing_file.exists() {
             let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "key generation failed")?;
-            crate::devenv::write_private(signing_file, &B64.encode(doc.as_ref()))?;
+            crate::fsutil::write_private(signing_file, &B64.encode(doc.as_ref()))?;
         }
         if !hmac_file.exists() {
             let mut k = zeroize::Zeroizing::new([0u8; 32]);
             aws_lc_rs::rand::fill(k.as_mut()).map_err(|_| "random source failed")?;
-            crate::devenv::write_private(hmac_file, &B64.encode(k.as_ref()))?;
+            crate::fsutil::write_private(hmac_file, &B64.encode(k.as_ref()))?;
         }
         let raw = read_private(signing_file)?;
         let der = zeroize::Zeroizing::new(
@@ -146,84 +146,3 @@ pub fn hmac_ref(key: &aws_lc_rs::hmac::Key, value: &[u8]) -> String {
 
 /// Where the rotated checkpoint keys live (PKCS#8 in field `pkcs8`).
 pub const CHECKPOINT_KEY_PATH: &str = "_sys/audit-checkpoint-key";
-
-/// The audit checkpoint key, rotated by the rotation state machine: pending = a new key stored;
-/// set = the writer hands over to it with a `key_rotation` record signed by the old key;
-/// tested = the writer signs with it; current = promoted. `keygate audit verify` follows the
-/// handovers from the anchor key in `audit.pub`.
-pub struct CheckpointKeyRotation {
-    /// The writer whose key rotates.
-    pub writer: std::sync::Arc<writer::AuditWriter>,
-    /// The anchor key (`audit.signing_key_file`), PKCS#8, for a rollback before any rotation.
-    pub anchor: zeroize::Zeroizing<Vec<u8>>,
-    /// Rotation period.
-    pub every_secs: u64,
-}
-
-fn pkcs8_of(f: &crate::sensitive::SecretFields) -> Result<&[u8], String> {
-    f.get("pkcs8")
-        .map(|v| v.expose())
-        .ok_or_else(|| "the checkpoint key record has no pkcs8 field".to_string())
-}
-
-#[async_trait::async_trait]
-impl crate::rotation::SystemKey for CheckpointKeyRotation {
-    fn path(&self) -> &'static str {
-        CHECKPOINT_KEY_PATH
-    }
-
-    fn every_secs(&self) -> u64 {
-        self.every_secs
-    }
-
-    fn next(
-        &self,
-        _current: Option<&crate::sensitive::SecretFields>,
-    ) -> Result<crate::sensitive::SecretFields, String> {
-        let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
-            .map_err(|_| "key generation failed".to_string())?;
-        let mut f = crate::sensitive::SecretFields::new();
-        f.insert(
-            "pkcs8".into(),
-            crate::sensitive::SecretBytes::new(doc.as_ref().to_vec()),
-        );
-        Ok(f)
-    }
-
-    async fn apply(&self, pending: &crate::sensitive::SecretFields) -> Result<(), String> {
-        self.writer
-            .rotate_key(pkcs8_of(pending)?)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
-    async fn test(&self, pending: &crate::sensitive::SecretFields) -> Result<(), String> {
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8_of(pending)?)
-            .map_err(|_| "the pending checkpoint key is not Ed25519 PKCS#8".to_string())?;
-        if self.writer.public_key() == pair.public_key().as_ref() {
-            Ok(())
-        } else {
-            Err("the audit writer does not sign with the new key".into())
-        }
-    }
-
-    async fn activated(&self) -> Result<(), String> {
-        Ok(())
-    }
-
-    async fn restore(
-        &self,
-        current: Option<&crate::sensitive::SecretFields>,
-    ) -> Result<(), String> {
-        let key = match current {
-            Some(f) => pkcs8_of(f)?.to_vec(),
-            None => self.anchor.to_vec(),
-        };
-        self.writer
-            .rotate_key(&key)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-}

@@ -2,7 +2,7 @@
 //! histograms, closed loop (`--concurrency N`) or open loop at a fixed offered rate (`--rate R`,
 //! latency measured from each request's intended start, so a stalled server is not hidden by
 //! the generator waiting for it — no coordinated omission).
-use crate::cli::client::{auth_for, Auth};
+use crate::client::{auth_for, Auth};
 use crate::pb;
 use anyhow::{anyhow, Context};
 use hdrhistogram::Histogram;
@@ -82,14 +82,14 @@ async fn channel(
     ca: &std::path::Path,
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> anyhow::Result<Channel> {
-    let conn = crate::cli::Conn {
+    let conn = crate::client::Conn {
         addr: addr.to_string(),
         cacert: Some(ca.to_path_buf()),
         client_cert: identity.map(|i| i.0.to_path_buf()),
         client_key: identity.map(|i| i.1.to_path_buf()),
         credential: None,
     };
-    crate::cli::client::connect(&conn).await
+    crate::client::connect(&conn).await
 }
 
 /// Starts a daemon (durable audit on, its own sled store) and the dev issuer in a temporary
@@ -177,7 +177,7 @@ pub async fn start_own(roles: usize, secrets: usize) -> anyhow::Result<Target> {
         ..Default::default()
     })
     .await
-    .map_err(|s| anyhow!("seeding: {}", crate::cli::client::status_error(s)))?;
+    .map_err(|s| anyhow!("seeding: {}", crate::client::status_error(s)))?;
     {
         use futures::StreamExt;
         let puts = futures::stream::iter(0..secrets).map(|i| {
@@ -193,7 +193,7 @@ pub async fn start_own(roles: usize, secrets: usize) -> anyhow::Result<Target> {
                 })
                 .await
                 .map(|_| ())
-                .map_err(|s| anyhow!("seeding: {}", crate::cli::client::status_error(s)))
+                .map_err(|s| anyhow!("seeding: {}", crate::client::status_error(s)))
             }
         });
         let results: Vec<anyhow::Result<()>> = puts.buffer_unordered(64).collect().await;
@@ -381,7 +381,7 @@ pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Resul
         .map_err(|s| {
             anyhow!(
                 "exchange for the bench credential: {}",
-                crate::cli::client::status_error(s)
+                crate::client::status_error(s)
             )
         })?
         .into_inner()

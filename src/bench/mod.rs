@@ -1,6 +1,7 @@
 //! `keygate bench floor|exchange|read|mixed`: the crypto floor and a load generator, so
 //! throughput is reported as a ratio to what the cryptography allows on the same machine in the
 //! same run.
+pub mod audit_reads;
 pub mod floor;
 pub mod load;
 

@@ -1,6 +1,6 @@
 //! CLI commands.
-use super::client::{connect_authed as connect, status_error};
 use super::Conn;
+use crate::client::{connect_authed as connect, status_error};
 use crate::pb;
 use anyhow::{anyhow, Context};
 use base64::Engine;

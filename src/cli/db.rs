@@ -1,6 +1,6 @@
 //! `keygate db-creds`: a short-lived database user.
-use super::client::{connect_authed as connect, status_error};
 use super::Conn;
+use crate::client::{connect_authed as connect, status_error};
 use crate::pb;
 use zeroize::Zeroizing;
 

@@ -1,6 +1,6 @@
 //! The command line: `keygate serve | dev | put | get | list | delete | undelete | destroy |
 //! exchange | db-creds | admin | audit | bench`.
-pub(crate) mod client;
+
 mod commands;
 mod db;
 mod rotation;
@@ -17,30 +17,7 @@ pub struct Cli {
     command: Command,
 }
 
-/// How the CLI reaches a daemon (the Vault CLI convention: flags or `KEYGATE_*` variables).
-#[derive(Args, Debug, Clone)]
-pub struct Conn {
-    /// Daemon address, e.g. https://127.0.0.1:8443.
-    #[arg(
-        long,
-        env = "KEYGATE_ADDR",
-        default_value = "https://127.0.0.1:8443",
-        global = true
-    )]
-    pub addr: String,
-    /// CA certificate that signed the daemon's certificate (PEM).
-    #[arg(long, env = "KEYGATE_CACERT", global = true)]
-    pub cacert: Option<PathBuf>,
-    /// Client certificate for mTLS (PEM).
-    #[arg(long, env = "KEYGATE_CLIENT_CERT", global = true)]
-    pub client_cert: Option<PathBuf>,
-    /// Client key for mTLS (PEM).
-    #[arg(long, env = "KEYGATE_CLIENT_KEY", global = true)]
-    pub client_key: Option<PathBuf>,
-    /// A keygate credential (from `keygate exchange`), sent as `authorization: Bearer`.
-    #[arg(long, env = "KEYGATE_TOKEN", global = true, hide_env_values = true)]
-    pub credential: Option<String>,
-}
+pub use crate::client::Conn;
 
 #[derive(Subcommand, Debug)]
 enum Command {
@@ -641,7 +618,7 @@ pub async fn run(cli: Cli) -> i32 {
             for n in clients {
                 let d = std::time::Duration::from_secs(seconds);
                 let line = if reads {
-                    crate::audit::bench_reads::run(&dir, n, d).await
+                    crate::bench::audit_reads::run(&dir, n, d).await
                 } else {
                     crate::audit::bench::run(&dir, n, d).await
                 };

@@ -1,6 +1,6 @@
 //! `keygate admin rotate` and `keygate admin rotation status|set|delete`.
-use super::client::{connect_authed as connect, status_error};
 use super::Conn;
+use crate::client::{connect_authed as connect, status_error};
 use crate::pb;
 use anyhow::Context;
 use std::path::Path;

@@ -1,10 +1,9 @@
 //! `keygate run`: exchange the job's platform token, fetch secrets, and exec a command with them
 //! in its environment. The process is replaced (signals and exit code are the command's);
 //! nothing is written to disk and no value is put in argv.
-use super::client::{connect, status_error, Auth};
 use super::commands::{exchange_token, platform_token, TokenSource};
 use super::Conn;
-use crate::pb;
+use crate::client::{connect, Auth};
 use anyhow::{anyhow, Context};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -64,44 +63,7 @@ pub fn plan(envs: &[String], prefixes: &[String]) -> anyhow::Result<Plan> {
     Ok(p)
 }
 
-/// A field name as an environment variable suffix.
-pub fn env_suffix(field: &str) -> String {
-    field
-        .chars()
-        .map(|c| match c {
-            '.' | '-' => '_',
-            c => c.to_ascii_uppercase(),
-        })
-        .collect()
-}
-
-/// Reads the current version of every path concurrently over one channel: path → fields.
-/// The first failure is the error, naming its path.
-pub async fn fetch_all<'a>(
-    ch: &tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
-    paths: impl Iterator<Item = &'a str>,
-) -> anyhow::Result<BTreeMap<String, std::collections::HashMap<String, Vec<u8>>>> {
-    let gets = paths.map(|p| {
-        let mut c = pb::secrets_client::SecretsClient::new(ch.clone());
-        let path = p.to_string();
-        async move {
-            let r = c
-                .get(pb::GetSecretRequest {
-                    path: path.clone(),
-                    version: 0,
-                    previous: false,
-                })
-                .await
-                .map_err(|s| anyhow!("secret {path}: {}", status_error(s)))?
-                .into_inner();
-            Ok::<_, anyhow::Error>((path, r.fields))
-        }
-    });
-    Ok(futures::future::try_join_all(gets)
-        .await?
-        .into_iter()
-        .collect())
-}
+use crate::client::{env_suffix, fetch_all};
 
 /// Fetches every path of `plan` (concurrently, one connection) and resolves the variables.
 /// A missing secret or field is an error naming it.
@@ -260,7 +222,7 @@ async fn prepare(
              or set KEYGATE_TOKEN"
         ));
     }
-    let auth = super::client::auth_for(credential.as_deref().map(|s| s.as_str()))?;
+    let auth = crate::client::auth_for(credential.as_deref().map(|s| s.as_str()))?;
     let authed = tonic::service::interceptor::InterceptedService::new(ch, auth);
     resolve(authed, &plan)
         .await

@@ -205,6 +205,11 @@ impl Credentials {
         self.clock.now_millis() / 1000
     }
 
+    /// How often the signing key rotates.
+    pub fn rotation_secs(&self) -> u64 {
+        self.rotation_secs
+    }
+
     /// Re-reads the signing keys from the store (another replica may have rotated them).
     pub async fn reload(&self) -> Result<(), CredentialError> {
         match self.store.get_internal(SIGNING_KEYS_PATH).await {
@@ -533,33 +538,6 @@ impl Credentials {
             .iter()
             .find(|k| k.kid == kid)
             .map(|k| k.decoding.clone())
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::rotation::SystemKey for Credentials {
-    fn path(&self) -> &'static str {
-        SIGNING_KEYS_PATH
-    }
-
-    fn every_secs(&self) -> u64 {
-        self.rotation_secs
-    }
-
-    fn next(&self, current: Option<&SecretFields>) -> Result<SecretFields, String> {
-        self.next_key_set(current).map_err(|e| e.to_string())
-    }
-
-    async fn apply(&self, _pending: &SecretFields) -> Result<(), String> {
-        Ok(())
-    }
-
-    async fn test(&self, pending: &SecretFields) -> Result<(), String> {
-        self.check_key_set(pending).map_err(|e| e.to_string())
-    }
-
-    async fn activated(&self) -> Result<(), String> {
-        self.reload().await.map_err(|e| e.to_string())
     }
 }
 

@@ -1,6 +1,6 @@
 //! `[[databases]]` and `[[databases.roles]]`: connections keygate administers and the roles of
 //! short-lived users it creates on them.
-use crate::config::{ConfigError, Ctx};
+use crate::config_error::{ConfigError, Ctx};
 use serde::Deserialize;
 
 /// Longest generated user name (PostgreSQL's NAMEDATALEN - 1).
@@ -95,12 +95,7 @@ pub struct DbRole {
     pub max_ttl_secs: u64,
 }
 
-/// Parses a duration like `90s`, `15m`, `1h 30m`, `7d`.
-pub fn parse_duration(v: &str) -> Result<u64, String> {
-    humantime::parse_duration(v.trim())
-        .map(|d| d.as_secs())
-        .map_err(|e| format!("{v:?} is not a duration like \"90s\", \"15m\" or \"24h\": {e}"))
-}
+use crate::duration::parse_duration;
 
 /// Default statements creating a user: a login role valid until the lease ends, then `grants`
 /// (`GRANT <grant> TO user`) and `member_of` (`GRANT "role" TO user`).

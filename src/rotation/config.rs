@@ -1,7 +1,7 @@
 //! Rotation policies: `[[rotations]]` in the config, or set through `Admin.SetRotationPolicy`
 //! (same shape, same checks).
 use super::schedule::{Cron, Schedule};
-use crate::database::config::parse_duration;
+use crate::duration::parse_duration;
 use crate::generate::{Encoding, PasswordRules};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -118,7 +118,7 @@ fn pg_role_name(r: &str) -> bool {
 /// Checks one policy. Errors are `(key, message)`.
 pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'static str, String)> {
     crate::secrets::path::validate(&raw.path).map_err(|m| ("path", m))?;
-    if crate::authz::is_reserved(&raw.path) {
+    if crate::secrets::path::is_reserved(&raw.path) {
         return Err(("path", "_sys/ paths are keygate's own".into()));
     }
     let schedule = match (&raw.every, &raw.cron) {
@@ -258,10 +258,10 @@ pub fn may_manage(
 
 /// Checks `[[rotations]]` (paths unique; postgres databases configured, roles declared).
 pub(crate) fn parse(
-    ctx: &crate::config::Ctx<'_>,
+    ctx: &crate::config_error::Ctx<'_>,
     raw: Vec<RawRotation>,
     databases: &[crate::database::config::DatabaseConfig],
-) -> Result<Vec<Policy>, crate::config::ConfigError> {
+) -> Result<Vec<Policy>, crate::config_error::ConfigError> {
     let mut out: Vec<Policy> = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let p = check(r, "config").map_err(|(k, m)| ctx.err_at("rotations", i, k, m))?;

@@ -9,8 +9,10 @@
 //! `MAX_ATTEMPTS` (a changed database password is restored first). There is never more than one
 //! current version, and only one rotation per secret can be in progress (check-and-set on the
 //! state).
+pub mod audit_key;
 pub mod config;
 pub mod schedule;
+pub mod signing_key;
 pub mod state;
 
 use crate::audit::record::{CallerInfo, Kind, Record};

@@ -9,6 +9,11 @@ fn allowed(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
+/// Paths no caller reaches (keygate's own keys).
+pub fn is_reserved(path: &str) -> bool {
+    path == "_sys" || path.starts_with("_sys/")
+}
+
 /// Checks a secret path; the error says what is wrong (the path is not secret).
 pub fn validate(path: &str) -> Result<(), String> {
     if path.is_empty() {

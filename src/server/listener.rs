@@ -14,16 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 
-/// Connection limits (`[server]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnLimits {
-    /// TLS handshake deadline from accept.
-    pub handshake_timeout: Duration,
-    /// No bytes in either direction for this long closes the connection.
-    pub idle_timeout: Duration,
-    /// Connections open at once.
-    pub max_connections: usize,
-}
+pub use crate::config::ConnLimits;
 
 /// One accepted, handshaken connection; its slot is released when it is dropped.
 pub struct Conn {

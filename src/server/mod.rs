@@ -339,11 +339,13 @@ impl Daemon {
         ));
         // keygate's own signing keys rotate through the same state machine
         rotator.register_system(credentials.clone());
-        rotator.register_system(Arc::new(crate::audit::CheckpointKeyRotation {
-            writer: audit.clone(),
-            anchor: audit_keys.anchor_pkcs8(),
-            every_secs: config.audit.checkpoint_key_rotation_secs,
-        }));
+        rotator.register_system(Arc::new(
+            crate::rotation::audit_key::CheckpointKeyRotation {
+                writer: audit.clone(),
+                anchor: audit_keys.anchor_pkcs8(),
+                every_secs: config.audit.checkpoint_key_rotation_secs,
+            },
+        ));
         let reload = Arc::new(Reloader {
             path: config.path.clone(),
             current: RwLock::new(config.clone()),

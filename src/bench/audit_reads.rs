@@ -84,7 +84,7 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&tmp);
-    let l = super::bench::Latencies::of(all, secs);
+    let l = crate::audit::bench::Latencies::of(all, secs);
     Ok(format!(
         "audited reads: clients={clients} reads={} reads_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
         l.count, l.per_s, l.p50_ms, l.p99_ms

@@ -1,7 +1,35 @@
 //! A gRPC channel to the daemon over TLS (mTLS when a client certificate is given).
-use super::Conn;
+use crate::pb;
 use anyhow::{anyhow, Context};
+use clap::Args;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// How the CLI reaches a daemon (the Vault CLI convention: flags or `KEYGATE_*` variables).
+#[derive(Args, Debug, Clone)]
+pub struct Conn {
+    /// Daemon address, e.g. https://127.0.0.1:8443.
+    #[arg(
+        long,
+        env = "KEYGATE_ADDR",
+        default_value = "https://127.0.0.1:8443",
+        global = true
+    )]
+    pub addr: String,
+    /// CA certificate that signed the daemon's certificate (PEM).
+    #[arg(long, env = "KEYGATE_CACERT", global = true)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate for mTLS (PEM).
+    #[arg(long, env = "KEYGATE_CLIENT_CERT", global = true)]
+    pub client_cert: Option<PathBuf>,
+    /// Client key for mTLS (PEM).
+    #[arg(long, env = "KEYGATE_CLIENT_KEY", global = true)]
+    pub client_key: Option<PathBuf>,
+    /// A keygate credential (from `keygate exchange`), sent as `authorization: Bearer`.
+    #[arg(long, env = "KEYGATE_TOKEN", global = true, hide_env_values = true)]
+    pub credential: Option<String>,
+}
 
 /// Connects to the daemon named by `conn`.
 pub async fn connect(conn: &Conn) -> anyhow::Result<Channel> {
@@ -100,4 +128,43 @@ pub async fn connect_authed(conn: &Conn) -> anyhow::Result<Authed> {
     Ok(tonic::service::interceptor::InterceptedService::new(
         ch, auth,
     ))
+}
+
+/// A field name as an environment variable suffix.
+pub fn env_suffix(field: &str) -> String {
+    field
+        .chars()
+        .map(|c| match c {
+            '.' | '-' => '_',
+            c => c.to_ascii_uppercase(),
+        })
+        .collect()
+}
+
+/// Reads the current version of every path concurrently over one channel: path → fields.
+/// The first failure is the error, naming its path.
+pub async fn fetch_all<'a>(
+    ch: &tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
+    paths: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<BTreeMap<String, std::collections::HashMap<String, Vec<u8>>>> {
+    let gets = paths.map(|p| {
+        let mut c = pb::secrets_client::SecretsClient::new(ch.clone());
+        let path = p.to_string();
+        async move {
+            let r = c
+                .get(pb::GetSecretRequest {
+                    path: path.clone(),
+                    version: 0,
+                    previous: false,
+                })
+                .await
+                .map_err(|s| anyhow!("secret {path}: {}", status_error(s)))?
+                .into_inner();
+            Ok::<_, anyhow::Error>((path, r.fields))
+        }
+    });
+    Ok(futures::future::try_join_all(gets)
+        .await?
+        .into_iter()
+        .collect())
 }
