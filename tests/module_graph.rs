@@ -23,7 +23,12 @@ fn top_level_modules_have_no_import_cycles() {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for f in files {
         let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
-        let top = rel.split('/').next().unwrap().trim_end_matches(".rs").to_string();
+        let top = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
         if top == "lib" || top == "main" {
             continue;
         }

@@ -328,6 +328,31 @@ mod tests {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     use std::time::Duration;
 
+    /// Record times come from the injected clock, stamped when the writer sequences them
+    /// (checkpoints included), not from the system time of whoever built the record.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn record_times_come_from_the_injected_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k, pk) = key();
+        let clock = std::sync::Arc::new(crate::clock::FixedClock::at(4_102_444_800_000));
+        let w = AuditWriter::open_with_clock(cfg(dir.path(), 1 << 20), k, clock.clone()).unwrap();
+        w.append(rec(1)).await.unwrap();
+        clock.advance(1_500);
+        w.append(rec(2)).await.unwrap();
+        w.close().await;
+        let mut times = Vec::new();
+        for seg in crate::audit::writer::segments(dir.path()).unwrap() {
+            for line in std::fs::read_to_string(seg).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                times.push(v["time"].as_str().unwrap().to_string());
+            }
+        }
+        assert!(times.len() >= 2, "{times:?}");
+        assert!(times.iter().all(|t| t.starts_with("2100-01-01T00:00:0")), "{times:?}");
+        assert!(times.iter().any(|t| t.starts_with("2100-01-01T00:00:01.5")), "{times:?}");
+        assert!(verify(dir.path(), &pk).is_ok());
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn checkpoint_key_handovers_are_followed_from_the_anchor_and_forgeries_refused() {
         let dir = tempfile::tempdir().unwrap();

@@ -107,6 +107,7 @@ enum Msg {
     Append(Box<Record>, oneshot::Sender<Result<u64, AuditError>>),
     Close(oneshot::Sender<()>),
     /// Holds the writer still (a stalled disk), for tests of the deadline.
+    #[cfg(any(test, feature = "test-hooks"))]
     Stall(Duration),
     /// Hands checkpoint signing over to a new key.
     RotateKey(
@@ -196,6 +197,8 @@ struct State {
     sink: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
     head: Option<File>,
+    /// Stamps every record's `time` as it is sequenced (the injected clock, as everywhere).
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 fn io(e: std::io::Error) -> AuditError {
@@ -315,6 +318,7 @@ impl State {
                 sink: None,
                 dropped: Arc::new(AtomicU64::new(0)),
                 head: head_file,
+                clock: Arc::new(crate::clock::SystemClock),
             },
             Opened {
                 truncated,
@@ -334,6 +338,7 @@ impl State {
             r.seq = seq;
             r.prev = prev.clone();
             r.node = self.cfg.node.clone();
+            r.time = rfc3339(self.clock.now_millis());
             if r.kind == Kind::Checkpoint {
                 let sig = self.key.sign(&checkpoint_message(seq, &prev, &r.time));
                 r.sig = Some(B64.encode(sig.as_ref()));
@@ -483,6 +488,7 @@ fn run(
         match first {
             Msg::Append(r, tx) => batch.push((r, tx)),
             Msg::Close(tx) => close = Some(tx),
+            #[cfg(any(test, feature = "test-hooks"))]
             Msg::Stall(d) => std::thread::sleep(d),
             Msg::RotateKey(k, tx) => rotate = Some((k, tx)),
         }
@@ -490,6 +496,7 @@ fn run(
             match rx.try_recv() {
                 Ok(Msg::Append(r, tx)) => batch.push((r, tx)),
                 Ok(Msg::Close(tx)) => close = Some(tx),
+                #[cfg(any(test, feature = "test-hooks"))]
                 Ok(Msg::Stall(d)) => std::thread::sleep(d),
                 Ok(Msg::RotateKey(k, tx)) => rotate = Some((k, tx)),
                 Err(_) => break,
@@ -536,9 +543,19 @@ fn run(
 impl AuditWriter {
     /// Opens the log (recovering from a crash) and starts the writer thread.
     pub fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<Self, String> {
+        Self::open_with_clock(cfg, key, Arc::new(crate::clock::SystemClock))
+    }
+
+    /// Like [`AuditWriter::open`], with records stamped by `clock` when they are sequenced.
+    pub fn open_with_clock(
+        cfg: WriterConfig,
+        key: Ed25519KeyPair,
+        clock: Arc<dyn crate::clock::Clock>,
+    ) -> Result<Self, String> {
         let deadline = cfg.write_deadline;
         let sink_cfg = cfg.sink.clone().map(|s| (s, cfg.sink_queue.max(1)));
         let (mut st, opened) = State::open(cfg, key)?;
+        st.clock = clock;
         let truncated = opened.truncated;
         let sink_dropped = st.dropped.clone();
         if let Some((sink, queue)) = sink_cfg {
@@ -648,6 +665,7 @@ impl AuditWriter {
     }
 
     /// Makes the writer thread sleep for `d`, as a hung disk would (tests of the deadline).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn stall_for_test(&self, d: Duration) {
         let _ = self.tx.try_send(Msg::Stall(d));
     }

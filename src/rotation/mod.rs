@@ -103,11 +103,18 @@ pub trait SystemKey: Send + Sync {
 }
 
 /// Fault injection for crash tests: `KEYGATE_FAULT_INJECT=rotation-crash-after-<step>` aborts
-/// the process right after that step commits (`pending`, `set`, `tested`, `current`).
+/// the process right after that step commits (`pending`, `set`, `tested`, `current`). Only in
+/// builds with the `test-hooks` feature (the test suite's); a release binary has no such hook.
+#[cfg(feature = "test-hooks")]
 fn crash_point() -> Option<String> {
     std::env::var("KEYGATE_FAULT_INJECT")
         .ok()
         .and_then(|v| v.strip_prefix("rotation-crash-after-").map(str::to_string))
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn crash_point() -> Option<String> {
+    None
 }
 
 /// The rotation engine.

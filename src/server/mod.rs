@@ -231,7 +231,9 @@ impl Daemon {
             ),
         };
         let kek = kek_from(&config)?;
-        let store = match SecretStore::open(storage, kek, Arc::new(SystemClock)).await {
+        // one clock for everything the daemon stamps or checks
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let store = match SecretStore::open(storage, kek, clock.clone()).await {
             Ok(s) => Arc::new(s),
             Err(SecretsError::Kek(m)) => {
                 return Err(ConfigError {
@@ -245,7 +247,6 @@ impl Daemon {
             Err(e) => return Err(StartError::Other(e.to_string())),
         };
         let metrics = Arc::new(Metrics::new());
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let id = &config.identity;
         let retain = id
             .roles
@@ -310,7 +311,7 @@ impl Daemon {
             .await
             .map_err(StartError::Other)?;
         let audit = Arc::new(
-            crate::audit::writer::AuditWriter::open(
+            crate::audit::writer::AuditWriter::open_with_clock(
                 crate::audit::writer::WriterConfig {
                     dir: config.audit.dir.clone(),
                     segment_bytes: config.audit.segment_bytes,
@@ -327,6 +328,7 @@ impl Daemon {
                     head_file: Some(config.audit.head_file.clone()),
                 },
                 audit_signing,
+                clock.clone(),
             )
             .map_err(|m| StartError::Other(format!("audit.dir: {m}")))?,
         );
