@@ -348,8 +348,14 @@ mod tests {
             }
         }
         assert!(times.len() >= 2, "{times:?}");
-        assert!(times.iter().all(|t| t.starts_with("2100-01-01T00:00:0")), "{times:?}");
-        assert!(times.iter().any(|t| t.starts_with("2100-01-01T00:00:01.5")), "{times:?}");
+        assert!(
+            times.iter().all(|t| t.starts_with("2100-01-01T00:00:0")),
+            "{times:?}"
+        );
+        assert!(
+            times.iter().any(|t| t.starts_with("2100-01-01T00:00:01.5")),
+            "{times:?}"
+        );
         assert!(verify(dir.path(), &pk).is_ok());
     }
 
