@@ -293,6 +293,11 @@ fn identity_config_refusals() {
             &["key `roles[0].scopes`", "unknown capability"],
         ),
         (
+            "GitHub Enterprise Server role pinning only the owner",
+            "[[issuers]]\nname = \"ghes\"\npreset = \"github-actions\"\nissuer = \"https://ghes.acme.example/_services/token\"\naudience = \"a\"\n\n[[roles]]\nname = \"r\"\nissuer = \"ghes\"\nclaims = { repository_owner = \"acme\" }\nscopes = [\"read:a/*\"]\n".into(),
+            &["key `roles[0].claims`", "shared by every GitHub tenant"],
+        ),
+        (
             "rotation of a database role not declared rotatable",
             "[[databases]]\nname = \"main\"\nurl = \"postgres://postgres@127.0.0.1:9/test\"\nrotatable_roles = [\"app_blue\"]\n\n[[rotations]]\npath = \"db/x\"\nevery = \"1d\"\n[rotations.postgres]\ndatabase = \"main\"\nroles = [\"app_blue\", \"postgres\"]\n".into(),
             &["key `rotations[0].postgres`", "\"postgres\" is not in rotatable_roles"],

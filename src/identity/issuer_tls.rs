@@ -212,20 +212,20 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
         Some(path) => {
             let certs = crate::tls::load_certs(path)?;
             let mut roots = rustls::RootCertStore::empty();
-            for c in &certs {
-                // a certificate webpki cannot use as a trust anchor is still pinned below
-                let _ = roots.add(c.clone());
+            let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
+            if added == 0 {
+                return Err(format!(
+                    "{}: no certificate in it can be used (not even pinned)",
+                    path.display()
+                ));
             }
-            let inner: Arc<dyn ServerCertVerifier> = if roots.is_empty() {
-                Arc::new(NoRoots)
-            } else {
+            let inner: Arc<dyn ServerCertVerifier> =
                 rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider.clone(),
                 )
                 .build()
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            };
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             (inner, certs, format!("ca_file {}", path.display()))
         }
         None => (
@@ -251,45 +251,6 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
-}
-
-/// A verifier with no trust anchors (every certificate in `ca_file` was unusable as one; the
-/// pinned ones are still accepted).
-#[derive(Debug)]
-struct NoRoots;
-
-impl ServerCertVerifier for NoRoots {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::InvalidCertificate(
-            CertificateError::UnknownIssuer,
-        ))
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("no trust anchors".into()))
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General("no trust anchors".into()))
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        Vec::new()
-    }
 }
 
 /// An error and its sources in one line, TLS failures in the words of [`PlainTlsError`]

@@ -89,8 +89,6 @@ pub struct KeyCache {
     clock: Arc<dyn Clock>,
     published: std::sync::RwLock<Option<Arc<Published>>>,
     fetch: Mutex<FetchState>,
-    /// Fetches made (scheduled and request-triggered), for tests and metrics.
-    fetches: std::sync::atomic::AtomicU64,
 }
 
 /// Checks a configured URL: HTTPS, or `http://` to a loopback address when allowed.
@@ -219,17 +217,11 @@ impl KeyCache {
             clock,
             published: std::sync::RwLock::new(published),
             fetch: Mutex::new(FetchState::default()),
-            fetches: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
     fn now(&self) -> u64 {
         self.clock.now_millis()
-    }
-
-    /// Fetches made so far.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn get_capped(&self, url: &reqwest::Url) -> Result<(Vec<u8>, Option<u64>), String> {
@@ -292,8 +284,6 @@ impl KeyCache {
     /// published keys (if any) stay.
     async fn refresh_locked(&self, st: &mut FetchState) -> Result<(), String> {
         let issuer = self.cfg.name.as_str();
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let result = self.fetch_keys().await;
         st.generation += 1;
         match result {

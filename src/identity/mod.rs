@@ -96,9 +96,14 @@ impl Verifier {
         })
     }
 
-    /// Spawns each issuer's background key refresher (they end when this verifier is dropped).
+    /// Spawns each fetching issuer's background key refresher (they end when this verifier is
+    /// dropped; static keys need none).
     pub fn start_refresh(&self) {
-        for r in &self.issuers {
+        for r in self
+            .issuers
+            .iter()
+            .filter(|r| !matches!(r.cfg.keys, issuer::KeySource::Static(_)))
+        {
             tokio::spawn(KeyCache::refresher(Arc::downgrade(&r.keys)));
         }
     }
@@ -106,14 +111,6 @@ impl Verifier {
     /// The configured issuers.
     pub fn issuers(&self) -> impl Iterator<Item = &Arc<IssuerConfig>> {
         self.issuers.iter().map(|r| &r.cfg)
-    }
-
-    /// Key fetches made for an issuer so far (scheduled and request-triggered).
-    pub fn fetches(&self, issuer: &str) -> Option<u64> {
-        self.issuers
-            .iter()
-            .find(|r| r.cfg.name == issuer)
-            .map(|r| r.keys.fetches())
     }
 
     /// Runs every check; the token never chooses where keys come from.
