@@ -914,7 +914,7 @@ fn parse_identity(
             } else {
                 "discovery_url"
             };
-            crate::identity::jwks::check_url(u, allow_http).map_err(|m| e(key, m))?;
+            crate::identity::jwks::check_url(u, allow_http).map_err(|m| e(key, m.to_string()))?;
         }
         let algorithms = match r.algorithms {
             Some(list) => {
@@ -948,7 +948,7 @@ fn parse_identity(
         }
         let ca_file = r.ca_file.map(|c| ctx.resolve(&c));
         if let Some(ca) = &ca_file {
-            crate::tls::load_certs(ca).map_err(|m| e("ca_file", m))?;
+            crate::tls::load_certs(ca).map_err(|m| e("ca_file", m.to_string()))?;
         }
         issuers.push(IssuerConfig {
             name: r.name,
@@ -1006,7 +1006,7 @@ fn parse_identity(
             .iter()
             .map(|s| Scope::parse(s))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| e("scopes", m))?;
+            .map_err(|m| e("scopes", m.to_string()))?;
         let role = Role {
             name: r.name,
             issuer: r.issuer,
@@ -1019,7 +1019,7 @@ fn parse_identity(
             allow_pull_request_target: r.allow_pull_request_target,
         };
         role.validate(iss.platform, iss.shared)
-            .map_err(|m| e("claims", m))?;
+            .map_err(|m| e("claims", m.to_string()))?;
         roles.push(role);
     }
     Ok(IdentityConfig {

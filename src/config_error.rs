@@ -39,12 +39,12 @@ pub(crate) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// An error for `table.key`, with the line where the key is set if it can be found.
-    pub(crate) fn err(&self, table: &str, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn err(&self, table: &str, key: &str, message: impl fmt::Display) -> ConfigError {
         ConfigError {
             file: self.file.to_path_buf(),
             line: find_line(self.text, table, key),
             key: Some(format!("{table}.{key}")),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 
@@ -54,13 +54,13 @@ impl Ctx<'_> {
         array: &str,
         index: usize,
         key: &str,
-        message: impl Into<String>,
+        message: impl fmt::Display,
     ) -> ConfigError {
         ConfigError {
             file: self.file.to_path_buf(),
             line: find_line_array(self.text, array, index, key),
             key: Some(format!("{array}[{index}].{key}")),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 

@@ -90,7 +90,7 @@ fn issue(
     p.extended_key_usages = vec![usage];
     let cert = p.signed_by(&key, &issuer).map_err(rc)?;
     write_public(out_cert, &cert.pem())?;
-    write_private(out_key, &key.serialize_pem())
+    write_private(out_key, &key.serialize_pem()).map_err(|e| e.to_string())
 }
 
 /// Issues a client certificate with common name `cn`, signed by the dev CA in `dir`.
@@ -146,7 +146,8 @@ pub fn init(dir: &Path, opts: &DevOptions) -> Result<DevPaths, String> {
         let ca_key = KeyPair::generate().map_err(rc)?;
         let params = ca_params()?;
         let ca = params.self_signed(&ca_key).map_err(rc)?;
-        write_private(&dir.join("ca-key.pem"), &ca_key.serialize_pem())?;
+        write_private(&dir.join("ca-key.pem"), &ca_key.serialize_pem())
+            .map_err(|e| e.to_string())?;
         let issuer = Issuer::from_params(&params, &ca_key);
 
         let server_key = KeyPair::generate().map_err(rc)?;
@@ -156,13 +157,14 @@ pub fn init(dir: &Path, opts: &DevOptions) -> Result<DevPaths, String> {
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let server = sp.signed_by(&server_key, &issuer).map_err(rc)?;
         write_public(&dir.join("server.pem"), &server.pem())?;
-        write_private(&dir.join("server-key.pem"), &server_key.serialize_pem())?;
+        write_private(&dir.join("server-key.pem"), &server_key.serialize_pem())
+            .map_err(|e| e.to_string())?;
         write_public(&paths.ca, &ca.pem())?;
         issue_client_cert(&dir, ADMIN_CN, &paths.admin_cert, &paths.admin_key)?;
     }
     let kek = dir.join("kek");
     if !kek.exists() {
-        crate::secrets::kek::generate_file(&kek)?;
+        crate::secrets::kek::generate_file(&kek).map_err(|e| e.to_string())?;
     }
     let dev_issuer = crate::devissuer::init(&dir, &opts.issuer_listen)?;
     if !paths.config.exists() {

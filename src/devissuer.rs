@@ -43,7 +43,7 @@ pub fn init(dir: &Path, listen: &str) -> Result<DevIssuer, String> {
         .parse()
         .map_err(|_| format!("--issuer-listen {listen:?} is not an address"))?;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())?;
-    crate::fsutil::write_private(&key_path(dir), &kp.serialize_pem())?;
+    crate::fsutil::write_private(&key_path(dir), &kp.serialize_pem()).map_err(|e| e.to_string())?;
     let mut id = [0u8; 4];
     aws_lc_rs::rand::fill(&mut id).map_err(|_| "random source failed".to_string())?;
     let d = DevIssuer {
@@ -155,7 +155,8 @@ pub async fn serve(
     let cfg = crate::tls::http_server_config(&crate::config::TlsConfig {
         client_ca_file: None,
         ..tls.clone()
-    })?;
+    })
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(&d.listen)
         .await
         .map_err(|e| format!("dev issuer {}: {e}", d.listen))?;

@@ -84,7 +84,7 @@ fn role_for_fuzzing() -> Result<crate::policy::Role, String> {
         ]
         .into_iter()
         .collect(),
-        scopes: vec![crate::policy::scope::Scope::parse("read:prod/**")?],
+        scopes: vec![crate::policy::scope::Scope::parse("read:prod/**").map_err(|e| e.to_string())?],
         ttl_secs: 60,
         max_ttl_secs: 60,
         cap_at_token_expiry: false,

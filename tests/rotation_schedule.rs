@@ -89,7 +89,7 @@ fn make(store: &Arc<SecretStore>, clock: &Arc<FixedClock>, policies: &[RawRotati
 }
 
 async fn current(w: &World, path: &str) -> u64 {
-    w.store.metadata(path).await.unwrap().current_version
+    w.store.metadata(&sp(path)).await.unwrap().current_version
 }
 
 /// Advances the clock minute by minute for `span`, ticking at each; returns (time, version)
@@ -116,9 +116,9 @@ async fn interval_schedule_rotates_at_the_right_times_and_keeps_previous_during_
     // no secret yet: the first tick creates it
     assert_eq!(w.rotator.tick().await.unwrap(), 1);
     assert_eq!(current(&w, "app/db").await, 1);
-    let first = w.store.get("app/db", 0).await.unwrap();
-    assert_eq!(first.fields.get("password").unwrap().len(), 24);
-    assert!(first.fields.get("key_public").is_some());
+    let first = w.store.get(&sp("app/db"), 0).await.unwrap();
+    assert_eq!(first.fields.get(&sp("password")).unwrap().len(), 24);
+    assert!(first.fields.get(&sp("key_public")).is_some());
 
     let changes = run_for(&w, "app/db", 24 * HOUR).await;
     let times: Vec<u64> = changes.iter().map(|c| (c.0 - T0) / MIN).collect();
@@ -127,32 +127,32 @@ async fn interval_schedule_rotates_at_the_right_times_and_keeps_previous_during_
 
     // just after a rotation: previous readable, and soft-deleted when the overlap ends
     w.rotator
-        .rotate("app/db", keygate::rotation::state::Trigger::Manual)
+        .rotate(&sp("app/db"), keygate::rotation::state::Trigger::Manual)
         .await
         .unwrap();
-    let meta = w.store.metadata("app/db").await.unwrap();
+    let meta = w.store.metadata(&sp("app/db")).await.unwrap();
     assert_eq!(meta.current_version, 6);
     assert_eq!(meta.previous_version, Some(5));
-    let prev = w.store.get_previous("app/db").await.unwrap();
+    let prev = w.store.get_previous(&sp("app/db")).await.unwrap();
     assert_eq!(prev.version, 5);
     assert_ne!(
-        prev.fields.get("password"),
+        prev.fields.get(&sp("password")),
         w.store
-            .get("app/db", 0)
+            .get(&sp("app/db"), 0)
             .await
             .unwrap()
             .fields
-            .get("password")
+            .get(&sp("password"))
     );
     // carried-over fields: only generated ones change
     w.clock.advance(31 * MIN);
     w.rotator.tick().await.unwrap();
     assert!(matches!(
-        w.store.get_previous("app/db").await,
+        w.store.get_previous(&sp("app/db")).await,
         Err(SecretsError::NotFound(_))
     ));
     assert!(matches!(
-        w.store.get("app/db", 5).await,
+        w.store.get(&sp("app/db"), 5).await,
         Err(SecretsError::VersionDeleted { .. })
     ));
 }
@@ -202,7 +202,7 @@ async fn two_rotations_never_overlap() {
         let (w, other) = (w.clone(), other.clone());
         tasks.push(tokio::spawn(async move {
             let r = if i % 2 == 0 { &w.rotator } else { &*other };
-            r.rotate("app/race", keygate::rotation::state::Trigger::Manual)
+            r.rotate(&sp("app/race"), keygate::rotation::state::Trigger::Manual)
                 .await
                 .is_ok()
         }));
@@ -214,7 +214,7 @@ async fn two_rotations_never_overlap() {
         }
     }
     assert!(ok >= 1);
-    let meta = w.store.metadata("app/race").await.unwrap();
+    let meta = w.store.metadata(&sp("app/race")).await.unwrap();
     let st = w.rotator.status("app/race").await.unwrap();
     assert_eq!(st[0].state.step, Step::Idle);
     assert!(meta.pending_version.is_none());
@@ -231,32 +231,32 @@ async fn writes_wait_for_a_pending_rotation_and_pending_versions_are_unreadable(
     let w = world(vec![policy("app/p", Some("1h"), None, "5m")]).await;
     w.rotator.tick().await.unwrap();
     // stage by hand as a crashed rotation would have left it
-    let fields = w.store.get("app/p", 0).await.unwrap().fields;
+    let fields = w.store.get(&sp("app/p"), 0).await.unwrap().fields;
     let v = w
         .store
-        .stage("app/p", &fields, 1, keygate::storage::Txn::default())
+        .stage(&sp("app/p"), &fields, 1, keygate::storage::Txn::default())
         .await
         .unwrap();
     assert!(matches!(
-        w.store.get("app/p", v).await,
+        w.store.get(&sp("app/p"), v).await,
         Err(SecretsError::VersionPending { .. })
     ));
-    assert_eq!(w.store.get("app/p", 0).await.unwrap().version, 1);
+    assert_eq!(w.store.get(&sp("app/p"), 0).await.unwrap().version, 1);
     let put = w
         .store
-        .put("app/p", &fields, &Default::default())
+        .put(&sp("app/p"), &fields, &Default::default())
         .await
         .unwrap_err();
     assert!(matches!(put, SecretsError::RotationInProgress(_)));
     assert!(w
         .store
-        .discard_pending("app/p", v, Default::default())
+        .discard_pending(&sp("app/p"), v, Default::default())
         .await
         .unwrap());
     // numbers are never reused
     let (next, _) = w
         .store
-        .put("app/p", &fields, &Default::default())
+        .put(&sp("app/p"), &fields, &Default::default())
         .await
         .unwrap();
     assert_eq!(next, v + 1);
@@ -370,11 +370,11 @@ async fn a_failing_rotation_retries_with_backoff_then_rolls_back() {
         .starts_with("rolled back after 5"));
     assert_eq!(s.pending_version, None);
     // nothing became current
-    let meta = store.metadata("db/s").await.unwrap();
+    let meta = store.metadata(&sp("db/s")).await.unwrap();
     assert_eq!(meta.current_version, 0);
     assert!(meta.versions[&1].destroyed);
     assert!(matches!(
-        store.get("db/s", 0).await,
+        store.get(&sp("db/s"), 0).await,
         Err(SecretsError::VersionNotFound { .. })
     ));
 }
@@ -404,7 +404,7 @@ async fn signing_keys_rotate_through_the_same_state_machine_and_stay_published()
     assert_eq!(st.policy.source, "system");
     assert_eq!(st.state.next_run_at, Some(T0 + 2 * HOUR));
 
-    let changes = run_for(&w, SIGNING_KEYS_PATH, 5 * HOUR).await;
+    let changes = run_for(&w, &SIGNING_KEYS_PATH, 5 * HOUR).await;
     let hours: Vec<u64> = changes.iter().map(|c| (c.0 - T0) / HOUR).collect();
     assert_eq!(hours, vec![2, 4], "a new signing key every 2 h");
     let kids = creds.kids().await;
@@ -428,7 +428,7 @@ async fn a_jitter_window_spreads_runs_inside_it() {
     let mut offsets = std::collections::BTreeSet::new();
     for _ in 0..20 {
         w.rotator
-            .rotate("app/j", keygate::rotation::state::Trigger::Manual)
+            .rotate(&sp("app/j"), keygate::rotation::state::Trigger::Manual)
             .await
             .unwrap();
         let st = &w.rotator.status("app/").await.unwrap()[0];
@@ -441,4 +441,8 @@ async fn a_jitter_window_spreads_runs_inside_it() {
         offsets.insert(next - base);
     }
     assert!(offsets.len() > 10, "no jitter: {offsets:?}");
+}
+
+fn sp(path: &str) -> keygate::secrets::path::SecretPath {
+    keygate::secrets::path::SecretPath::parse(path).unwrap()
 }

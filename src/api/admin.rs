@@ -61,7 +61,7 @@ impl pb::admin_server::Admin for AdminApi {
                 return Err(ApiError::InvalidArgument("new_kek_file is required".into()));
             }
             let kek = crate::secrets::kek::load_file(Path::new(&req.new_kek_file))
-                .map_err(ApiError::FailedPrecondition)?;
+                .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
             scope.intent().await?;
             let r = self.state.store.rotate_kek(kek).await?;
             tracing::warn!(
@@ -93,7 +93,7 @@ impl pb::admin_server::Admin for AdminApi {
                 .state
                 .reload
                 .reload()
-                .map_err(ApiError::FailedPrecondition)?;
+                .map_err(|e| ApiError::FailedPrecondition(e.to_string()))?;
             Ok(pb::ReloadConfigResponse { needs_restart })
         }
         .await;
@@ -276,7 +276,7 @@ impl AdminApi {
         self.state
             .rotator
             .rotate(
-                crate::credential::SIGNING_KEYS_PATH,
+                &crate::credential::SIGNING_KEYS_PATH,
                 crate::rotation::state::Trigger::Manual,
             )
             .await?;

@@ -119,7 +119,7 @@ impl ExchangeApi {
             .iter()
             .map(|s| Scope::parse(s))
             .collect::<Result<_, _>>()
-            .map_err(|e| refuse(Refusal::InvalidScope, e))?;
+            .map_err(|e| refuse(Refusal::InvalidScope, e.to_string()))?;
         let trust = self.state.trust();
         let v = trust
             .verify(&req.subject_token)

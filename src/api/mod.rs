@@ -24,7 +24,21 @@ pub use scope::RpcScope;
 /// Reloads the daemon's config; implemented by the server.
 pub trait ConfigReload: Send + Sync {
     /// Re-reads the config file: `Ok(settings needing a restart)` or the reason it was refused.
-    fn reload(&self) -> Result<Vec<String>, String>;
+    fn reload(&self) -> Result<Vec<String>, ReloadError>;
+}
+
+/// Why a config reload was refused (the running config stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new file does not load.
+    #[error(transparent)]
+    Config(#[from] crate::config_error::ConfigError),
+    /// An issuer of the new file cannot be set up.
+    #[error(transparent)]
+    Issuer(#[from] crate::identity::IssuerError),
+    /// A previous reload panicked while holding the config.
+    #[error("config lock poisoned")]
+    Poisoned,
 }
 
 /// What every handler shares.
@@ -86,6 +100,9 @@ pub enum ApiError {
     /// A malformed request.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A malformed secret path, prefix or field name.
+    #[error(transparent)]
+    Path(#[from] crate::secrets::path::PathError),
     /// A precondition on the server side (e.g. a bad KEK file for rotation).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -196,6 +213,7 @@ impl ApiError {
             }
             ApiError::Storage(StorageError::Full(_)) => Status::unavailable(DISK_FULL),
             ApiError::InvalidArgument(m) => Status::invalid_argument(m.clone()),
+            ApiError::Path(e) => Status::invalid_argument(e.to_string()),
             ApiError::AuditUnavailable => {
                 Status::unavailable("audit log unavailable: the request was not served")
             }
@@ -212,7 +230,7 @@ pub const DISK_FULL: &str =
 /// What a caller sees of a secret-store error.
 fn secrets_status(e: &SecretsError) -> Status {
     let code = match e {
-        SecretsError::InvalidArgument(_) => Code::InvalidArgument,
+        SecretsError::InvalidArgument(_) | SecretsError::Path(_) => Code::InvalidArgument,
         SecretsError::NotFound(_)
         | SecretsError::VersionNotFound { .. }
         | SecretsError::VersionDeleted { .. }

@@ -6,6 +6,7 @@ use crate::pb;
 use crate::rotation::config::{RawField, RawPostgres, RawRotation};
 use crate::rotation::schedule::Schedule;
 use crate::rotation::Status;
+use crate::secrets::path::SecretPath;
 use tonic::{Request, Response, Status as GrpcStatus};
 
 fn opt(s: &str) -> Option<String> {
@@ -88,7 +89,7 @@ pub fn status_to_pb(s: &Status) -> pb::RotationStatus {
     }
     schedule.push_str(&format!(", overlap {}s", p.overlap_secs));
     pb::RotationStatus {
-        path: p.path.clone(),
+        path: p.path.to_string(),
         source: p.source.to_string(),
         schedule,
         state: s.state.step.name().to_string(),
@@ -131,7 +132,10 @@ pub async fn rotate(
         scope.intent().await?;
         state
             .rotator
-            .rotate(&req.path, crate::rotation::state::Trigger::Manual)
+            .rotate(
+                &SecretPath::parse(&req.path)?,
+                crate::rotation::state::Trigger::Manual,
+            )
             .await?;
         one(state, &req.path).await
     }
@@ -204,7 +208,10 @@ pub async fn delete(
         scope.principal()?.require(Action::Admin, &req.path)?;
         scope.intent().await?;
         Ok(pb::DeleteRotationPolicyResponse {
-            deleted: state.rotator.delete_policy(&req.path).await?,
+            deleted: state
+                .rotator
+                .delete_policy(&SecretPath::parse(&req.path)?)
+                .await?,
         })
     }
     .await;

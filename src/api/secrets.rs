@@ -4,7 +4,8 @@ use crate::authz::Action;
 use crate::clock::to_timestamp;
 use crate::pb;
 use crate::secrets::model::{ChangeEvent, ChangeKind, SecretMeta};
-use crate::secrets::{path, PutOptions};
+use crate::secrets::path::{PathPrefix, SecretPath};
+use crate::secrets::PutOptions;
 use crate::sensitive::{SecretBytes, SecretFields};
 use futures::Stream;
 use std::pin::Pin;
@@ -79,9 +80,10 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state.limits.check(&req)?;
             scope.principal()?.require(Action::Read, &req.path)?;
+            let path = SecretPath::parse(&req.path)?;
             let v = match (req.previous, req.version) {
-                (false, version) => self.state.store.get(&req.path, version).await?,
-                (true, 0) => self.state.store.get_previous(&req.path).await?,
+                (false, version) => self.state.store.get(&path, version).await?,
+                (true, 0) => self.state.store.get_previous(&path).await?,
                 (true, _) => {
                     return Err(ApiError::InvalidArgument(
                         "ask for a version or for previous, not both".into(),
@@ -126,7 +128,11 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state.limits.check(&req)?;
             let who = scope.principal()?;
-            let rows = self.state.store.list(&req.prefix).await?;
+            let rows = self
+                .state
+                .store
+                .list(&PathPrefix::parse(&req.prefix)?)
+                .await?;
             // names the caller may not list are not there, as far as it can tell
             Ok(pb::ListSecretsResponse {
                 secrets: rows
@@ -166,8 +172,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
                     .replace_custom_metadata
                     .then(|| req.custom_metadata.into_iter().collect()),
             };
+            let path = SecretPath::parse(&req.path)?;
             scope.intent().await?;
-            let (version, meta) = self.state.store.put(&req.path, &fields, &opts).await?;
+            let (version, meta) = self.state.store.put(&path, &fields, &opts).await?;
             Ok(pb::PutSecretResponse {
                 metadata: Some(meta_to_pb(&req.path, &meta)),
                 path: req.path,
@@ -188,8 +195,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state.limits.check(&req)?;
             scope.principal()?.require(Action::Delete, &req.path)?;
+            let path = SecretPath::parse(&req.path)?;
             scope.intent().await?;
-            let m = self.state.store.delete(&req.path, &req.versions).await?;
+            let m = self.state.store.delete(&path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
         .await;
@@ -206,8 +214,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state.limits.check(&req)?;
             scope.principal()?.require(Action::Delete, &req.path)?;
+            let path = SecretPath::parse(&req.path)?;
             scope.intent().await?;
-            let m = self.state.store.undelete(&req.path, &req.versions).await?;
+            let m = self.state.store.undelete(&path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
         .await;
@@ -224,8 +233,9 @@ impl pb::secrets_server::Secrets for SecretsApi {
         let result = async {
             self.state.limits.check(&req)?;
             scope.principal()?.require(Action::Delete, &req.path)?;
+            let path = SecretPath::parse(&req.path)?;
             scope.intent().await?;
-            let m = self.state.store.destroy(&req.path, &req.versions).await?;
+            let m = self.state.store.destroy(&path, &req.versions).await?;
             Ok(meta_to_pb(&req.path, &m))
         }
         .await;
@@ -258,11 +268,11 @@ impl pb::secrets_server::Secrets for SecretsApi {
             }
             let who = scope.principal()?;
             for p in &req.paths {
-                path::validate(p).map_err(ApiError::InvalidArgument)?;
+                SecretPath::parse(p)?;
                 who.require(Action::Read, p)?;
             }
             for p in &req.prefixes {
-                path::validate_prefix(p).map_err(ApiError::InvalidArgument)?;
+                PathPrefix::parse(p)?;
                 if !who.is_admin()
                     && !who
                         .scopes()

@@ -9,6 +9,7 @@ pub mod tail;
 pub mod verify;
 pub mod writer;
 
+use crate::secrets::path::SecretPath;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -57,12 +58,14 @@ impl AuditKeys {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         if !signing_file.exists() {
             let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "key generation failed")?;
-            crate::fsutil::write_private(signing_file, &B64.encode(doc.as_ref()))?;
+            crate::fsutil::write_private(signing_file, &B64.encode(doc.as_ref()))
+                .map_err(|e| e.to_string())?;
         }
         if !hmac_file.exists() {
             let mut k = zeroize::Zeroizing::new([0u8; 32]);
             aws_lc_rs::rand::fill(k.as_mut()).map_err(|_| "random source failed")?;
-            crate::fsutil::write_private(hmac_file, &B64.encode(k.as_ref()))?;
+            crate::fsutil::write_private(hmac_file, &B64.encode(k.as_ref()))
+                .map_err(|e| e.to_string())?;
         }
         let raw = read_private(signing_file)?;
         let der = zeroize::Zeroizing::new(
@@ -109,12 +112,12 @@ impl AuditKeys {
         log_dir: &Path,
     ) -> Result<Ed25519KeyPair, String> {
         let mut candidates: Vec<zeroize::Zeroizing<Vec<u8>>> = vec![self.anchor_pkcs8()];
-        if let Ok(v) = store.get_internal(CHECKPOINT_KEY_PATH).await {
+        if let Ok(v) = store.get_internal(&CHECKPOINT_KEY_PATH).await {
             if let Some(k) = v.fields.get("pkcs8") {
                 candidates.push(zeroize::Zeroizing::new(k.expose().to_vec()));
             }
         }
-        if let Ok(v) = store.get_pending(CHECKPOINT_KEY_PATH).await {
+        if let Ok(v) = store.get_pending(&CHECKPOINT_KEY_PATH).await {
             if let Some(k) = v.fields.get("pkcs8") {
                 candidates.push(zeroize::Zeroizing::new(k.expose().to_vec()));
             }
@@ -145,4 +148,4 @@ pub fn hmac_ref(key: &aws_lc_rs::hmac::Key, value: &[u8]) -> String {
 }
 
 /// Where the rotated checkpoint keys live (PKCS#8 in field `pkcs8`).
-pub const CHECKPOINT_KEY_PATH: &str = "_sys/audit-checkpoint-key";
+pub static CHECKPOINT_KEY_PATH: SecretPath = SecretPath::system("_sys/audit-checkpoint-key");

@@ -35,7 +35,11 @@ pub async fn run(
     .collect();
     daemon
         .store()
-        .put("bench/db", &fields, &Default::default())
+        .put(
+            &crate::secrets::path::SecretPath::parse("bench/db")?,
+            &fields,
+            &Default::default(),
+        )
         .await?;
     let tls = tonic::transport::ClientTlsConfig::new()
         .domain_name("localhost")

@@ -80,7 +80,8 @@ async fn run_daemon(cfg: crate::config::Config, dev: Option<crate::devenv::DevPa
 async fn seed_demo(daemon: &crate::server::Daemon) -> anyhow::Result<()> {
     use crate::sensitive::{SecretBytes, SecretFields};
     let store = daemon.store();
-    if store.metadata("demo/app").await.is_ok() {
+    let path = crate::secrets::path::SecretPath::parse("demo/app")?;
+    if store.metadata(&path).await.is_ok() {
         return Ok(());
     }
     let mut pw = Zeroizing::new([0u8; 18]);
@@ -99,7 +100,7 @@ async fn seed_demo(daemon: &crate::server::Daemon) -> anyhow::Result<()> {
         cas: Some(0),
         ..Default::default()
     };
-    store.put("demo/app", &fields, &opts).await?;
+    store.put(&path, &fields, &opts).await?;
     tracing::info!(path = "demo/app", "seeded demo secret");
     Ok(())
 }

@@ -4,6 +4,7 @@
 use super::commands::{exchange_token, platform_token, TokenSource};
 use super::Conn;
 use crate::client::{connect, Auth};
+use crate::secrets::path::SecretPath;
 use anyhow::{anyhow, Context};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -39,7 +40,7 @@ pub fn plan(envs: &[String], prefixes: &[String]) -> anyhow::Result<Plan> {
         if !valid_name(name) {
             return Err(anyhow!("--env {e:?}: {name:?} is not a variable name"));
         }
-        crate::secrets::path::validate(path).map_err(|m| anyhow!("--env {e:?}: {m}"))?;
+        SecretPath::parse(path).map_err(|m| anyhow!("--env {e:?}: {m}"))?;
         p.vars
             .push((name.to_string(), path.to_string(), field.to_string()));
     }
@@ -52,7 +53,7 @@ pub fn plan(envs: &[String], prefixes: &[String]) -> anyhow::Result<Plan> {
                 "--env-prefix {e:?}: {prefix:?} is not a variable prefix"
             ));
         }
-        crate::secrets::path::validate(path).map_err(|m| anyhow!("--env-prefix {e:?}: {m}"))?;
+        SecretPath::parse(path).map_err(|m| anyhow!("--env-prefix {e:?}: {m}"))?;
         p.prefixes.push((path.to_string(), prefix.to_string()));
     }
     if p.vars.is_empty() && p.prefixes.is_empty() {

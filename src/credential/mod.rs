@@ -9,6 +9,7 @@ mod verify;
 
 use crate::clock::Clock;
 use crate::policy::scope::Scope;
+use crate::secrets::path::SecretPath;
 use crate::secrets::{PutOptions, SecretStore, SecretsError};
 use crate::sensitive::{SecretBytes, SecretFields};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use tokio::sync::RwLock;
 
 /// Reserved secret path of the signing keys (never reachable through the Secrets API).
-pub const SIGNING_KEYS_PATH: &str = "_sys/signing-keys";
+pub static SIGNING_KEYS_PATH: SecretPath = SecretPath::system("_sys/signing-keys");
 
 /// Why a credential was refused (the caller sees only `UNAUTHENTICATED`).
 #[derive(Debug, thiserror::Error)]

@@ -80,7 +80,7 @@ pub(super) fn successor_set(
 impl Credentials {
     /// Re-reads the signing keys from the store (another replica may have rotated them).
     pub async fn reload(&self) -> Result<(), CredentialError> {
-        match self.store.get_internal(SIGNING_KEYS_PATH).await {
+        match self.store.get_internal(&SIGNING_KEYS_PATH).await {
             Ok(v) => {
                 let keys = load_keys(&v.fields, &v.meta.custom_metadata)?;
                 *self.keys.write().await = Arc::new(KeySet {
@@ -125,7 +125,7 @@ impl Credentials {
             if !due {
                 return Ok(false);
             }
-            let stored = match self.store.get_internal(SIGNING_KEYS_PATH).await {
+            let stored = match self.store.get_internal(&SIGNING_KEYS_PATH).await {
                 Ok(v) => v.fields,
                 Err(SecretsError::NotFound(_)) => SecretFields::new(),
                 Err(e) => return Err(e.into()),
@@ -139,7 +139,7 @@ impl Credentials {
             };
             match self
                 .store
-                .put_internal(SIGNING_KEYS_PATH, &fields, &opts)
+                .put_internal(&SIGNING_KEYS_PATH, &fields, &opts)
                 .await
             {
                 Ok(_) => {

@@ -1,6 +1,7 @@
 //! `[[databases]]` and `[[databases.roles]]`: connections keygate administers and the roles of
 //! short-lived users it creates on them.
 use crate::config_error::{ConfigError, Ctx};
+use crate::secrets::path::SecretPath;
 use serde::Deserialize;
 
 /// Longest generated user name (PostgreSQL's NAMEDATALEN - 1).
@@ -59,7 +60,7 @@ pub struct DatabaseConfig {
     /// Connection URL without a password (`postgres://admin@host:5432/db`).
     pub url: String,
     /// `path#field` of the keygate secret holding the admin password.
-    pub password_secret: Option<(String, String)>,
+    pub password_secret: Option<(SecretPath, String)>,
     /// Connect timeout.
     pub connect_timeout_secs: u64,
     /// Roles of generated users.
@@ -182,13 +183,14 @@ pub(crate) fn parse(
                 let (p, f) = s
                     .split_once('#')
                     .ok_or_else(|| e("password_secret", format!("{s:?} is not \"path#field\"")))?;
-                crate::secrets::path::validate(p).map_err(|m| e("password_secret", m))?;
-                crate::secrets::path::validate_field(f).map_err(|m| e("password_secret", m))?;
-                Some((p.to_string(), f.to_string()))
+                let p = SecretPath::parse(p).map_err(|m| e("password_secret", m.to_string()))?;
+                crate::secrets::path::validate_field(f)
+                    .map_err(|m| e("password_secret", m.to_string()))?;
+                Some((p, f.to_string()))
             }
         };
         let connect_timeout_secs =
-            parse_duration(&d.connect_timeout).map_err(|m| e("connect_timeout", m))?;
+            parse_duration(&d.connect_timeout).map_err(|m| e("connect_timeout", m.to_string()))?;
         let mut roles = Vec::new();
         for r in d.roles {
             let at = role_index;
@@ -226,8 +228,9 @@ pub(crate) fn parse(
                 super::template::check(s).map_err(|m| re("creation", m))?;
             }
             let default_ttl_secs =
-                parse_duration(&r.default_ttl).map_err(|m| re("default_ttl", m))?;
-            let max_ttl_secs = parse_duration(&r.max_ttl).map_err(|m| re("max_ttl", m))?;
+                parse_duration(&r.default_ttl).map_err(|m| re("default_ttl", m.to_string()))?;
+            let max_ttl_secs =
+                parse_duration(&r.max_ttl).map_err(|m| re("max_ttl", m.to_string()))?;
             if default_ttl_secs < 1 || max_ttl_secs < default_ttl_secs {
                 return Err(re("max_ttl", "need 1s <= default_ttl <= max_ttl".into()));
             }

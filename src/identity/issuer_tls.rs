@@ -6,6 +6,7 @@
 //! (CA:TRUE, often without a subjectAltName) works when that exact certificate is in `ca_file`.
 //! Pinning is safe: a pinned certificate is accepted only byte for byte, inside its validity
 //! period, and the handshake still proves the server holds its private key.
+use super::setup_error::SetupError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -206,7 +207,7 @@ impl ServerCertVerifier for IssuerVerifier {
 }
 
 /// The rustls client configuration for fetching one issuer's keys.
-pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, SetupError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let (inner, pinned, source): (Arc<dyn ServerCertVerifier>, _, _) = match ca_file {
         Some(path) => {
@@ -214,10 +215,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
             let mut roots = rustls::RootCertStore::empty();
             let (added, _) = roots.add_parsable_certificates(certs.iter().cloned());
             if added == 0 {
-                return Err(format!(
-                    "{}: no certificate in it can be used (not even pinned)",
-                    path.display()
-                ));
+                return Err(SetupError::NoUsableCertificate(path.to_path_buf()));
             }
             let inner: Arc<dyn ServerCertVerifier> =
                 rustls::client::WebPkiServerVerifier::builder_with_provider(
@@ -225,13 +223,16 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
                     provider.clone(),
                 )
                 .build()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|source| SetupError::Verifier {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
             (inner, certs, format!("ca_file {}", path.display()))
         }
         None => (
             Arc::new(
                 rustls_platform_verifier::Verifier::new(provider.clone())
-                    .map_err(|e| format!("system trust store: {e}"))?,
+                    .map_err(SetupError::SystemTrustStore)?,
             ),
             Vec::new(),
             "the system trust store".to_string(),
@@ -245,7 +246,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Str
     });
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(SetupError::Protocol)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();

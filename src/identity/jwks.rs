@@ -12,6 +12,7 @@
 //! traffic never multiplies issuer requests, with cached keys or without. When the issuer is
 //! unreachable the last good keys stay in use. Freshness is read from the injected clock.
 use super::issuer::{IssuerConfig, KeySource};
+use super::setup_error::{JwksError, SetupError, UrlError};
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
@@ -92,8 +93,11 @@ pub struct KeyCache {
 }
 
 /// Checks a configured URL: HTTPS, or `http://` to a loopback address when allowed.
-pub fn check_url(url: &str, allow_http_loopback: bool) -> Result<reqwest::Url, String> {
-    let u = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+pub fn check_url(url: &str, allow_http_loopback: bool) -> Result<reqwest::Url, UrlError> {
+    let u = reqwest::Url::parse(url).map_err(|e| UrlError::Malformed {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
     match u.scheme() {
         "https" => Ok(u),
         "http" if allow_http_loopback => {
@@ -105,19 +109,19 @@ pub fn check_url(url: &str, allow_http_loopback: bool) -> Result<reqwest::Url, S
             if loopback {
                 Ok(u)
             } else {
-                Err(format!("{url:?}: http:// is allowed only to a loopback IP address"))
+                Err(UrlError::HttpNotLoopback(url.to_string()))
             }
         }
-        "http" => Err(format!(
-            "{url:?}: keys are fetched over HTTPS only (identity.dangerous_allow_http_loopback_issuers allows http://127.0.0.1 for tests)"
-        )),
-        s => Err(format!("{url:?}: unsupported scheme {s:?}")),
+        "http" => Err(UrlError::HttpRefused(url.to_string())),
+        s => Err(UrlError::Scheme {
+            url: url.to_string(),
+            scheme: s.to_string(),
+        }),
     }
 }
 
-fn parse_jwks(doc: &[u8]) -> Result<Vec<Key>, String> {
-    let set: JwkSet =
-        serde_json::from_slice(doc).map_err(|e| format!("JWKS is not valid JSON: {e}"))?;
+fn parse_jwks(doc: &[u8]) -> Result<Vec<Key>, JwksError> {
+    let set: JwkSet = serde_json::from_slice(doc).map_err(JwksError::Json)?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         if let Some(k) = to_key(jwk) {
@@ -125,7 +129,7 @@ fn parse_jwks(doc: &[u8]) -> Result<Vec<Key>, String> {
         }
     }
     if keys.is_empty() {
-        return Err("JWKS has no usable asymmetric key".into());
+        return Err(JwksError::NoUsableKey);
     }
     Ok(keys)
 }
@@ -172,7 +176,7 @@ impl KeyCache {
         allow_http_loopback: bool,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let timeout = Duration::from_secs(cfg.fetch_timeout_secs);
         let tls = super::issuer_tls::client_config(cfg.ca_file.as_deref())?;
         let client = reqwest::Client::builder()
@@ -197,7 +201,7 @@ impl KeyCache {
                 }
             }))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(SetupError::HttpClient)?;
         let published = match &cfg.keys {
             KeySource::Static(doc) => Some(Arc::new(Published {
                 keys: parse_jwks(doc.as_bytes())?,
@@ -253,9 +257,11 @@ impl KeyCache {
     async fn fetch_keys(&self) -> Result<(Vec<Key>, Option<u64>), String> {
         let jwks_url = match &self.cfg.keys {
             KeySource::Static(_) => return Err("static keys are never fetched".into()),
-            KeySource::Jwks(u) => check_url(u, self.allow_http_loopback)?,
+            KeySource::Jwks(u) => {
+                check_url(u, self.allow_http_loopback).map_err(|e| e.to_string())?
+            }
             KeySource::Discovery(u) => {
-                let durl = check_url(u, self.allow_http_loopback)?;
+                let durl = check_url(u, self.allow_http_loopback).map_err(|e| e.to_string())?;
                 let (doc, _) = self.get_capped(&durl).await?;
                 let v: serde_json::Value = serde_json::from_slice(&doc)
                     .map_err(|e| format!("discovery document is not JSON: {e}"))?;
@@ -267,7 +273,7 @@ impl KeyCache {
                     .get("jwks_uri")
                     .and_then(|j| j.as_str())
                     .ok_or("discovery document has no jwks_uri")?;
-                let jurl = check_url(j, self.allow_http_loopback)?;
+                let jurl = check_url(j, self.allow_http_loopback).map_err(|e| e.to_string())?;
                 if jurl.origin() != durl.origin() {
                     return Err(format!(
                         "jwks_uri {j:?} is on another host than the discovery document"
@@ -277,7 +283,7 @@ impl KeyCache {
             }
         };
         let (doc, age) = self.get_capped(&jwks_url).await?;
-        Ok((parse_jwks(&doc)?, age))
+        Ok((parse_jwks(&doc).map_err(|e| e.to_string())?, age))
     }
 
     /// One fetch; the caller holds the fetch lock. Publishes on success; on failure the

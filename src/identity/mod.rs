@@ -6,7 +6,10 @@ pub mod issuer;
 pub mod issuer_tls;
 pub mod jwks;
 pub mod replay;
+pub mod setup_error;
 pub mod trust;
+
+pub use setup_error::{IssuerError, SetupError};
 
 use crate::clock::Clock;
 use crate::metrics::Metrics;
@@ -73,7 +76,7 @@ impl Verifier {
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         replay: Arc<ReplayStore>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, IssuerError> {
         let mut rts = Vec::new();
         for i in issuers {
             let cfg = Arc::new(i.clone());
@@ -83,7 +86,10 @@ impl Verifier {
                 metrics.clone(),
                 clock.clone(),
             )
-            .map_err(|e| format!("issuer {}: {e}", i.name))?;
+            .map_err(|source| IssuerError {
+                issuer: i.name.clone(),
+                source,
+            })?;
             rts.push(Runtime {
                 cfg,
                 keys: Arc::new(keys),

@@ -6,6 +6,7 @@
 pub mod server;
 
 use crate::agent::config::{valid_file_name, AgentConfig, ExecConfig, TemplateConfig};
+use crate::secrets::path::SecretPath;
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -117,7 +118,7 @@ fn parse(a: &BTreeMap<String, String>) -> Result<Request, String> {
                     "the file name after secret- must be A-Z a-z 0-9 . _ -",
                 ));
             }
-            crate::secrets::path::validate(v).map_err(|m| bad(key, m))?;
+            SecretPath::parse(v).map_err(|m| bad(key, m))?;
             files.insert(file.to_string(), (v.clone(), None));
         } else if let Some(file) = key.strip_prefix("template-") {
             templates.insert(file.to_string(), v.clone());
@@ -125,7 +126,7 @@ fn parse(a: &BTreeMap<String, String>) -> Result<Request, String> {
             let (path, field) = v
                 .split_once('#')
                 .ok_or_else(|| bad(key, "expected PATH#FIELD"))?;
-            crate::secrets::path::validate(path).map_err(|m| bad(key, m))?;
+            SecretPath::parse(path).map_err(|m| bad(key, m))?;
             if field.is_empty()
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                 || name.starts_with(|c: char| c.is_ascii_digit())

@@ -3,6 +3,7 @@
 use super::schedule::{Cron, Schedule};
 use crate::duration::parse_duration;
 use crate::generate::{Encoding, PasswordRules};
+use crate::secrets::path::SecretPath;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -92,7 +93,7 @@ pub struct PostgresRotator {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Secret path.
-    pub path: String,
+    pub path: SecretPath,
     /// When.
     pub schedule: Schedule,
     /// Jitter window, seconds.
@@ -117,13 +118,13 @@ fn pg_role_name(r: &str) -> bool {
 
 /// Checks one policy. Errors are `(key, message)`.
 pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'static str, String)> {
-    crate::secrets::path::validate(&raw.path).map_err(|m| ("path", m))?;
-    if crate::secrets::path::is_reserved(&raw.path) {
+    let path = SecretPath::parse(&raw.path).map_err(|m| ("path", m.to_string()))?;
+    if path.is_reserved() {
         return Err(("path", "_sys/ paths are keygate's own".into()));
     }
     let schedule = match (&raw.every, &raw.cron) {
         (Some(e), None) => {
-            let s = parse_duration(e).map_err(|m| ("every", m))?;
+            let s = parse_duration(e).map_err(|m| ("every", m.to_string()))?;
             if s < 60 {
                 return Err(("every", "rotate at most once a minute".into()));
             }
@@ -137,7 +138,7 @@ pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'stati
         .as_deref()
         .map(parse_duration)
         .transpose()
-        .map_err(|m| ("window", m))?
+        .map_err(|m| ("window", m.to_string()))?
         .unwrap_or(0);
     if window_secs >= schedule.min_gap_secs() {
         return Err((
@@ -150,7 +151,7 @@ pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'stati
         .as_deref()
         .map(parse_duration)
         .transpose()
-        .map_err(|m| ("overlap", m))?
+        .map_err(|m| ("overlap", m.to_string()))?
         .unwrap_or(0);
     if overlap_secs > schedule.min_gap_secs() {
         return Err((
@@ -160,7 +161,7 @@ pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'stati
     }
     let mut fields = BTreeMap::new();
     for (name, f) in &raw.fields {
-        crate::secrets::path::validate_field(name).map_err(|m| ("fields", m))?;
+        crate::secrets::path::validate_field(name).map_err(|m| ("fields", m.to_string()))?;
         let g = match f.generator.as_str() {
             "password" => Generator::Password(
                 PasswordRules::new(
@@ -227,7 +228,7 @@ pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'stati
         ));
     }
     Ok(Policy {
-        path: raw.path.clone(),
+        path,
         schedule,
         window_secs,
         overlap_secs,

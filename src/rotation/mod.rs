@@ -19,6 +19,7 @@ use crate::audit::record::{CallerInfo, Kind, Record};
 use crate::audit::writer::AuditWriter;
 use crate::clock::Clock;
 use crate::database::Databases;
+use crate::secrets::path::SecretPath;
 use crate::secrets::{SecretStore, SecretsError};
 use crate::sensitive::{SecretBytes, SecretFields};
 use crate::storage::{StorageError, Txn};
@@ -35,10 +36,10 @@ pub const MAX_ATTEMPTS: u32 = 5;
 pub enum RotationError {
     /// No policy for this path.
     #[error("no rotation policy for {0:?}")]
-    NoPolicy(String),
+    NoPolicy(SecretPath),
     /// A rotation of this path is already running.
     #[error("a rotation of {0:?} is already in progress")]
-    InProgress(String),
+    InProgress(SecretPath),
     /// A policy is invalid.
     #[error("rotation policy: {0}")]
     Invalid(String),
@@ -46,7 +47,7 @@ pub enum RotationError {
     #[error("rotation of {path:?} failed at step {step}: {message}")]
     Step {
         /// Secret path.
-        path: String,
+        path: SecretPath,
         /// Step that failed.
         step: &'static str,
         /// Why.
@@ -80,24 +81,44 @@ pub struct Status {
     pub previous_until: Option<u64>,
 }
 
+/// Why a step of one of keygate's own keys failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The random source or key generator failed.
+    #[error("key generation failed")]
+    Generate,
+    /// A stored or pending key set is not what it must be.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The new keys are not in use where they must be.
+    #[error("{0}")]
+    NotInUse(&'static str),
+    /// The audit writer refused the key handover.
+    #[error("audit writer: {0}")]
+    Audit(#[source] crate::audit::writer::AuditError),
+    /// keygate's credential signing keys.
+    #[error(transparent)]
+    Credentials(#[from] crate::credential::CredentialError),
+}
+
 /// One of keygate's own keys, rotated by the same state machine at a reserved `_sys/` path.
 #[async_trait::async_trait]
 pub trait SystemKey: Send + Sync {
     /// Where the key set is stored.
-    fn path(&self) -> &'static str;
+    fn path(&self) -> &SecretPath;
     /// Rotation period.
     fn every_secs(&self) -> u64;
     /// The next key set from the current one (`None`: no key yet).
-    fn next(&self, current: Option<&SecretFields>) -> Result<SecretFields, String>;
+    fn next(&self, current: Option<&SecretFields>) -> Result<SecretFields, KeyError>;
     /// Set step: make the pending keys usable where they must be before they are current
     /// (idempotent).
-    async fn apply(&self, pending: &SecretFields) -> Result<(), String>;
+    async fn apply(&self, pending: &SecretFields) -> Result<(), KeyError>;
     /// Tested step: the pending keys work.
-    async fn test(&self, pending: &SecretFields) -> Result<(), String>;
+    async fn test(&self, pending: &SecretFields) -> Result<(), KeyError>;
     /// After promotion: start using the new keys.
-    async fn activated(&self) -> Result<(), String>;
+    async fn activated(&self) -> Result<(), KeyError>;
     /// Rollback: go back to the current keys (`None`: the keys keygate started with).
-    async fn restore(&self, _current: Option<&SecretFields>) -> Result<(), String> {
+    async fn restore(&self, _current: Option<&SecretFields>) -> Result<(), KeyError> {
         Ok(())
     }
 }
@@ -201,7 +222,7 @@ impl Rotator {
         };
         keys.iter()
             .map(|k| Policy {
-                path: k.path().to_string(),
+                path: k.path().clone(),
                 schedule: schedule::Schedule::Every(k.every_secs()),
                 window_secs: 0,
                 overlap_secs: 0,
@@ -266,12 +287,12 @@ impl Rotator {
     }
 
     /// The policy of one path.
-    pub async fn policy(&self, path: &str) -> Result<Policy, RotationError> {
+    pub async fn policy(&self, path: &SecretPath) -> Result<Policy, RotationError> {
         self.policies()
             .await?
             .into_iter()
-            .find(|p| p.path == path)
-            .ok_or_else(|| RotationError::NoPolicy(path.to_string()))
+            .find(|p| &p.path == path)
+            .ok_or_else(|| RotationError::NoPolicy(path.clone()))
     }
 
     /// Stores a policy set through the API. A path with a config policy is refused.
@@ -298,14 +319,14 @@ impl Rotator {
     }
 
     /// Removes an API policy (a rotation in progress finishes first).
-    pub async fn delete_policy(&self, path: &str) -> Result<bool, RotationError> {
+    pub async fn delete_policy(&self, path: &SecretPath) -> Result<bool, RotationError> {
         let k = policy_key(path);
         let Some(old) = self.store.storage().get(&k).await? else {
             return Ok(false);
         };
         let (_, st) = state::load(self.store.storage().as_ref(), path).await?;
         if st.step != Step::Idle {
-            return Err(RotationError::InProgress(path.to_string()));
+            return Err(RotationError::InProgress(path.clone()));
         }
         self.store
             .storage()
@@ -409,7 +430,7 @@ impl Rotator {
     /// Rotates `path` now (or resumes its unfinished rotation) and drives it to current.
     pub async fn rotate(
         &self,
-        path: &str,
+        path: &SecretPath,
         trigger: Trigger,
     ) -> Result<RotationState, RotationError> {
         let p = self.policy(path).await?;
@@ -422,14 +443,14 @@ impl Rotator {
                 let mut r = self
                     .running
                     .lock()
-                    .map_err(|_| RotationError::InProgress(path.to_string()))?;
+                    .map_err(|_| RotationError::InProgress(path.clone()))?;
                 r.insert(path.to_string())
             };
             if taken {
                 break Running(&self.running, path.to_string());
             }
             if tries >= waits {
-                return Err(RotationError::InProgress(path.to_string()));
+                return Err(RotationError::InProgress(path.clone()));
             }
             tries += 1;
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -503,7 +524,9 @@ impl Rotator {
                 Err(SecretsError::NotFound(_)) => (None, 0),
                 Err(e) => return Err(e.into()),
             };
-            let fields = k.next(cur.as_ref()).map_err(RotationError::Invalid)?;
+            let fields = k
+                .next(cur.as_ref())
+                .map_err(|e| RotationError::Invalid(e.to_string()))?;
             return Ok((fields, from));
         }
         let (mut fields, from) = match self.store.get(&p.path, 0).await {
@@ -677,7 +700,7 @@ impl Rotator {
                 .get_pending(&p.path)
                 .await
                 .map_err(|e| e.to_string())?;
-            return k.apply(&v.fields).await;
+            return k.apply(&v.fields).await.map_err(|e| e.to_string());
         }
         let Some(pg) = &p.postgres else {
             return Ok(());
@@ -703,7 +726,7 @@ impl Rotator {
             .await
             .map_err(|e| e.to_string())?;
         if let Some(k) = self.system_key(&p.path) {
-            return k.test(&v.fields).await;
+            return k.test(&v.fields).await.map_err(|e| e.to_string());
         }
         for name in p.fields.keys() {
             if v.fields.get(name).is_none_or(|x| x.is_empty()) {

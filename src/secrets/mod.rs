@@ -12,6 +12,7 @@ use model::{
     meta_key, parse_version_key, version_key, ChangeEvent, ChangeKind, SecretMeta, VersionMeta,
     VersionRecord, ACTIVE_KEK_KEY, DEFAULT_MAX_VERSIONS,
 };
+use path::{PathError, PathPrefix, SecretPath};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{broadcast, RwLock};
@@ -94,6 +95,9 @@ pub enum SecretsError {
     /// Too many concurrent writers on one secret.
     #[error("too much contention on {0:?}; retry")]
     Contention(String),
+    /// A field name (or path) is not valid.
+    #[error(transparent)]
+    Path(#[from] PathError),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -245,18 +249,18 @@ impl SecretStore {
     /// Writes a new version of `path`.
     pub async fn put(
         &self,
-        path: &str,
+        path: &SecretPath,
         fields: &SecretFields,
         opts: &PutOptions,
     ) -> Result<(u64, SecretMeta), SecretsError> {
-        path::validate(path).map_err(SecretsError::InvalidArgument)?;
+        let path = path.as_str();
         if fields.is_empty() {
             return Err(SecretsError::InvalidArgument(
                 "a secret needs at least one field".into(),
             ));
         }
         for (name, _) in fields.iter() {
-            path::validate_field(name).map_err(SecretsError::InvalidArgument)?;
+            path::validate_field(name)?;
         }
         if let Some(m) = opts.max_versions {
             if m == 0 || m > MAX_MAX_VERSIONS {
@@ -353,8 +357,13 @@ impl SecretStore {
     }
 
     /// Reads `version` of `path` (0 = current). A pending version is not readable.
-    pub async fn get(&self, path: &str, version: u64) -> Result<SecretVersion, SecretsError> {
-        let meta = self.metadata(path).await?;
+    pub async fn get(
+        &self,
+        path: &SecretPath,
+        version: u64,
+    ) -> Result<SecretVersion, SecretsError> {
+        let path = path.as_str();
+        let meta = self.meta_of(path).await?;
         if version != 0 && meta.pending_version == Some(version) {
             return Err(SecretsError::VersionPending {
                 path: path.to_string(),
@@ -365,8 +374,9 @@ impl SecretStore {
     }
 
     /// Reads the version a rotation replaced, while its overlap lasts.
-    pub async fn get_previous(&self, path: &str) -> Result<SecretVersion, SecretsError> {
-        let meta = self.metadata(path).await?;
+    pub async fn get_previous(&self, path: &SecretPath) -> Result<SecretVersion, SecretsError> {
+        let path = path.as_str();
+        let meta = self.meta_of(path).await?;
         let now = self.clock.now_millis();
         match (meta.previous_version, meta.previous_until) {
             (Some(v), Some(until)) if now < until => self.read(path, v, meta).await,
@@ -377,8 +387,9 @@ impl SecretStore {
     }
 
     /// Reads the pending version (rotation only).
-    pub async fn get_pending(&self, path: &str) -> Result<SecretVersion, SecretsError> {
-        let meta = self.metadata(path).await?;
+    pub async fn get_pending(&self, path: &SecretPath) -> Result<SecretVersion, SecretsError> {
+        let path = path.as_str();
+        let meta = self.meta_of(path).await?;
         let v = meta
             .pending_version
             .ok_or_else(|| SecretsError::NotFound(format!("{path} has no pending version")))?;
@@ -440,14 +451,14 @@ impl SecretStore {
     }
 
     /// Reads a keygate-internal secret (reserved `_sys/` paths, never reachable by callers).
-    pub async fn get_internal(&self, path: &str) -> Result<SecretVersion, SecretsError> {
+    pub async fn get_internal(&self, path: &SecretPath) -> Result<SecretVersion, SecretsError> {
         self.get(path, 0).await
     }
 
     /// Writes a keygate-internal secret (reserved `_sys/` paths).
     pub async fn put_internal(
         &self,
-        path: &str,
+        path: &SecretPath,
         fields: &SecretFields,
         opts: &PutOptions,
     ) -> Result<(u64, SecretMeta), SecretsError> {
@@ -455,8 +466,11 @@ impl SecretStore {
     }
 
     /// Metadata of one secret.
-    pub async fn metadata(&self, path: &str) -> Result<SecretMeta, SecretsError> {
-        path::validate(path).map_err(SecretsError::InvalidArgument)?;
+    pub async fn metadata(&self, path: &SecretPath) -> Result<SecretMeta, SecretsError> {
+        self.meta_of(path.as_str()).await
+    }
+
+    async fn meta_of(&self, path: &str) -> Result<SecretMeta, SecretsError> {
         self.load_meta(path)
             .await?
             .1
@@ -464,9 +478,11 @@ impl SecretStore {
     }
 
     /// Secrets under `prefix` with their metadata, in path order.
-    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, SecretMeta)>, SecretsError> {
-        path::validate_prefix(prefix).map_err(SecretsError::InvalidArgument)?;
-        let rows = self.storage.scan_prefix(&meta_key(prefix)).await?;
+    pub async fn list(
+        &self,
+        prefix: &PathPrefix,
+    ) -> Result<Vec<(String, SecretMeta)>, SecretsError> {
+        let rows = self.storage.scan_prefix(&meta_key(prefix.as_str())).await?;
         rows.into_iter()
             .map(|(k, v)| {
                 let path = String::from_utf8_lossy(&k[2..]).into_owned();
@@ -488,20 +504,32 @@ impl SecretStore {
     }
 
     /// Soft-deletes versions (empty = current).
-    pub async fn delete(&self, path: &str, versions: &[u64]) -> Result<SecretMeta, SecretsError> {
-        self.change_versions(path, versions, ChangeKind::Deleted)
+    pub async fn delete(
+        &self,
+        path: &SecretPath,
+        versions: &[u64],
+    ) -> Result<SecretMeta, SecretsError> {
+        self.change_versions(path.as_str(), versions, ChangeKind::Deleted)
             .await
     }
 
     /// Restores soft-deleted versions (empty = current).
-    pub async fn undelete(&self, path: &str, versions: &[u64]) -> Result<SecretMeta, SecretsError> {
-        self.change_versions(path, versions, ChangeKind::Undeleted)
+    pub async fn undelete(
+        &self,
+        path: &SecretPath,
+        versions: &[u64],
+    ) -> Result<SecretMeta, SecretsError> {
+        self.change_versions(path.as_str(), versions, ChangeKind::Undeleted)
             .await
     }
 
     /// Erases the ciphertext of versions (empty = current). Irreversible.
-    pub async fn destroy(&self, path: &str, versions: &[u64]) -> Result<SecretMeta, SecretsError> {
-        self.change_versions(path, versions, ChangeKind::Destroyed)
+    pub async fn destroy(
+        &self,
+        path: &SecretPath,
+        versions: &[u64],
+    ) -> Result<SecretMeta, SecretsError> {
+        self.change_versions(path.as_str(), versions, ChangeKind::Destroyed)
             .await
     }
 
@@ -511,7 +539,6 @@ impl SecretStore {
         versions: &[u64],
         kind: ChangeKind,
     ) -> Result<SecretMeta, SecretsError> {
-        path::validate(path).map_err(SecretsError::InvalidArgument)?;
         for _ in 0..MAX_RETRIES {
             let (raw, meta) = self.load_meta(path).await?;
             let mut meta = meta.ok_or_else(|| SecretsError::NotFound(path.to_string()))?;
@@ -585,12 +612,12 @@ impl SecretStore {
     /// or the current version is no longer `expect_current` (0 = the secret must not exist).
     pub async fn stage(
         &self,
-        path: &str,
+        path: &SecretPath,
         fields: &SecretFields,
         expect_current: u64,
         with: Txn,
     ) -> Result<u64, SecretsError> {
-        path::validate(path).map_err(SecretsError::InvalidArgument)?;
+        let path = path.as_str();
         let (raw, meta) = self.load_meta(path).await?;
         let now = self.clock.now_millis();
         let mut meta = meta.unwrap_or_else(|| new_meta(now));
@@ -619,11 +646,12 @@ impl SecretStore {
     /// Already current: nothing to do (`Ok(false)`).
     pub async fn promote(
         &self,
-        path: &str,
+        path: &SecretPath,
         version: u64,
         overlap_ms: u64,
         with: Txn,
     ) -> Result<bool, SecretsError> {
+        let path = path.as_str();
         let (raw, meta) = self.load_meta(path).await?;
         let mut meta = meta.ok_or_else(|| SecretsError::NotFound(path.to_string()))?;
         if meta.pending_version != Some(version) {
@@ -679,10 +707,11 @@ impl SecretStore {
     /// Commits atomically with `with`. Not pending (any more): `Ok(false)`.
     pub async fn discard_pending(
         &self,
-        path: &str,
+        path: &SecretPath,
         version: u64,
         with: Txn,
     ) -> Result<bool, SecretsError> {
+        let path = path.as_str();
         let (raw, meta) = self.load_meta(path).await?;
         let Some(mut meta) = meta else {
             return Ok(false);
@@ -704,7 +733,8 @@ impl SecretStore {
     }
 
     /// Ends the overlap of `path` if it is over: the previous version is soft-deleted.
-    pub async fn end_overlap(&self, path: &str) -> Result<Option<u64>, SecretsError> {
+    pub async fn end_overlap(&self, path: &SecretPath) -> Result<Option<u64>, SecretsError> {
+        let path = path.as_str();
         let (raw, meta) = self.load_meta(path).await?;
         let Some(mut meta) = meta else {
             return Ok(None);

@@ -41,9 +41,47 @@ pub enum StartError {
     /// The config is wrong (exit code 64).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// Anything else (exit code 1).
-    #[error("{0}")]
-    Other(String),
+    /// An operating-system resource (a socket, a signal handler) could not be had.
+    #[error("{what}: {source}")]
+    Io {
+        /// What keygate was doing, with the config key where there is one.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The data store cannot be opened or flushed.
+    #[error("{what}: {source}")]
+    Storage {
+        /// Which step.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    /// The secret store refused to open.
+    #[error("secret store: {0}")]
+    Secrets(#[source] SecretsError),
+    /// keygate's signing keys cannot be loaded.
+    #[error("signing keys: {0}")]
+    Credentials(#[source] crate::credential::CredentialError),
+    /// The TLS certificate or key of a listener.
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The audit log cannot be opened.
+    #[error("audit.dir: {0}")]
+    Audit(String),
+    /// gRPC reflection cannot be built.
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The final store flush did not finish within its budget.
+    #[error("final store flush did not finish within {0:?}")]
+    FlushTimeout(std::time::Duration),
+}
+
+fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
 }
 
 struct Reloader {
@@ -65,7 +103,7 @@ fn build_trust(
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
     replay: Arc<ReplayStore>,
-) -> Result<Trust, String> {
+) -> Result<Trust, crate::identity::IssuerError> {
     let id = &config.identity;
     let verifier = Verifier::new(
         &id.issuers,
@@ -79,7 +117,7 @@ fn build_trust(
 }
 
 impl ConfigReload for Reloader {
-    fn reload(&self) -> Result<Vec<String>, String> {
+    fn reload(&self) -> Result<Vec<String>, crate::api::ReloadError> {
         match Config::load(&self.path) {
             Ok(new) => {
                 let trust = build_trust(
@@ -96,7 +134,7 @@ impl ConfigReload for Reloader {
                 let mut cur = self
                     .current
                     .write()
-                    .map_err(|_| "config lock poisoned".to_string())?;
+                    .map_err(|_| crate::api::ReloadError::Poisoned)?;
                 let restart = new.restart_needed(&cur);
                 self.authz.set_subjects(new.admin_subjects.clone());
                 self.databases.set_configs(new.databases.clone());
@@ -112,7 +150,7 @@ impl ConfigReload for Reloader {
             Err(e) => {
                 self.metrics.reload(false);
                 tracing::error!(error = %e, "config reload refused; the running config stays");
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -197,7 +235,7 @@ struct Signals {
 impl Signals {
     fn install() -> Result<Self, StartError> {
         use tokio::signal::unix::{signal, SignalKind};
-        let sig = |k| signal(k).map_err(|e| StartError::Other(format!("signal handler: {e}")));
+        let sig = |k| signal(k).map_err(io_error("signal handler"));
         Ok(Self {
             term: sig(SignalKind::terminate())?,
             int: sig(SignalKind::interrupt())?,
@@ -207,11 +245,11 @@ impl Signals {
 }
 
 fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
-    let err = |key: &str, m: String| ConfigError {
+    let err = |key: &str, m: crate::secrets::kek::KekError| ConfigError {
         file: config.path.clone(),
         line: None,
         key: Some(key.to_string()),
-        message: m,
+        message: m.to_string(),
     };
     match &config.kek {
         KekSource::File(p) => crate::secrets::kek::load_file(p).map_err(|m| err("kek.file", m)),
@@ -225,10 +263,12 @@ impl Daemon {
         crate::tls::install_crypto_provider();
         let signals = Signals::install()?;
         let storage: Arc<dyn Storage> = match &config.storage {
-            StorageConfig::Sled { path } => Arc::new(
-                SledStorage::open(path)
-                    .map_err(|e| StartError::Other(format!("storage.path: {e}")))?,
-            ),
+            StorageConfig::Sled { path } => Arc::new(SledStorage::open(path).map_err(
+                |source| StartError::Storage {
+                    what: "storage.path",
+                    source,
+                },
+            )?),
         };
         let kek = kek_from(&config)?;
         // one clock for everything the daemon stamps or checks
@@ -244,7 +284,7 @@ impl Daemon {
                 }
                 .into())
             }
-            Err(e) => return Err(StartError::Other(e.to_string())),
+            Err(e) => return Err(StartError::Secrets(e)),
         };
         let metrics = Arc::new(Metrics::new());
         let id = &config.identity;
@@ -265,7 +305,7 @@ impl Daemon {
                 retain,
             )
             .await
-            .map_err(|e| StartError::Other(e.to_string()))?,
+            .map_err(StartError::Credentials)?,
         );
         let replay = Arc::new(ReplayStore::new(
             store.storage().clone(),
@@ -278,7 +318,7 @@ impl Daemon {
                     file: config.path.clone(),
                     line: None,
                     key: Some("issuers".into()),
-                    message: m,
+                    message: m.to_string(),
                 })
             })?;
         let trust = Arc::new(RwLock::new(Arc::new(trust)));
@@ -309,7 +349,7 @@ impl Daemon {
         let audit_signing = audit_keys
             .active_signer(&store, &config.audit.dir)
             .await
-            .map_err(StartError::Other)?;
+            .map_err(StartError::Audit)?;
         let audit = Arc::new(
             crate::audit::writer::AuditWriter::open_with_clock(
                 crate::audit::writer::WriterConfig {
@@ -330,7 +370,7 @@ impl Daemon {
                 audit_signing,
                 clock.clone(),
             )
-            .map_err(|m| StartError::Other(format!("audit.dir: {m}")))?,
+            .map_err(StartError::Audit)?,
         );
         let rotator = Arc::new(crate::rotation::Rotator::new(
             store.clone(),
@@ -382,18 +422,17 @@ impl Daemon {
 
         let accepting = Arc::new(AtomicBool::new(true));
 
-        let grpc_listener = TcpListener::bind(config.server.grpc_listen)
-            .await
-            .map_err(|e| {
-                StartError::Other(format!(
-                    "server.grpc_listen {}: {e}",
+        let grpc_listener =
+            TcpListener::bind(config.server.grpc_listen)
+                .await
+                .map_err(io_error(format!(
+                    "server.grpc_listen {}",
                     config.server.grpc_listen
-                ))
-            })?;
+                )))?;
         let grpc_addr = grpc_listener
             .local_addr()
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        let tls = crate::tls::grpc_rustls_config(&config.tls).map_err(StartError::Other)?;
+            .map_err(io_error("server.grpc_listen"))?;
+        let tls = crate::tls::grpc_rustls_config(&config.tls)?;
         let conn_stats = Arc::new(listener::ConnStats::default());
         let max = config.server.max_message_bytes;
         let services: Vec<String> = {
@@ -411,14 +450,12 @@ impl Daemon {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| StartError::Other(e.to_string()))?;
+            .build_v1()?;
         // grpcurl and Python's grpcio-reflection still ask v1alpha
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| StartError::Other(e.to_string()))?;
+            .build_v1alpha()?;
         let srv = &config.server;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(srv.keepalive_interval))
@@ -479,11 +516,9 @@ impl Daemon {
             Some(addr) => {
                 let l = TcpListener::bind(addr)
                     .await
-                    .map_err(|e| StartError::Other(format!("server.http_listen {addr}: {e}")))?;
-                let bound = l
-                    .local_addr()
-                    .map_err(|e| StartError::Other(e.to_string()))?;
-                let tls = crate::tls::http_server_config(&config.tls).map_err(StartError::Other)?;
+                    .map_err(io_error(format!("server.http_listen {addr}")))?;
+                let bound = l.local_addr().map_err(io_error("server.http_listen"))?;
+                let tls = crate::tls::http_server_config(&config.tls)?;
                 let hs = http::HttpState {
                     store: store.clone(),
                     metrics,
@@ -580,7 +615,7 @@ impl Daemon {
         }
         let outcome = match self.reload.reload() {
             Ok(_) => record("allow", None, Some("OK")),
-            Err(e) => record("error", Some(e), Some("FAILED_PRECONDITION")),
+            Err(e) => record("error", Some(e.to_string()), Some("FAILED_PRECONDITION")),
         };
         if let Err(e) = self.audit.append(outcome).await {
             tracing::error!(error = %e, "config reload outcome not recorded (its intent record stands)");
@@ -621,15 +656,16 @@ impl Daemon {
         // the final signed checkpoint
         self.audit.close().await;
         match tokio::time::timeout(budget, self.store.storage().flush()).await {
-            Ok(r) => r.map_err(|e| StartError::Other(format!("final flush failed: {e}")))?,
+            Ok(r) => r.map_err(|source| StartError::Storage {
+                what: "final flush",
+                source,
+            })?,
             Err(_) => {
                 tracing::error!(
                     ?budget,
                     "final store flush did not finish in time; exiting without it"
                 );
-                return Err(StartError::Other(format!(
-                    "final store flush did not finish within {budget:?}"
-                )));
+                return Err(StartError::FlushTimeout(budget));
             }
         }
         tracing::info!("keygate stopped; store flushed");

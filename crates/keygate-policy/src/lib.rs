@@ -192,6 +192,42 @@ pub fn describe_all(m: &[Mismatch]) -> String {
         .join("; ")
 }
 
+/// Why a role is refused at config load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    /// No scope: it could grant nothing.
+    #[error("a role needs at least one scope")]
+    NoScope,
+    /// `ttl_secs` of 0 or above `max_ttl_secs`.
+    #[error("ttl_secs must be at least 1 and at most max_ttl_secs")]
+    Ttl,
+    /// Only issuer and audience checked: every token of the issuer would match.
+    #[error(
+        "a role must constrain the token beyond issuer and audience: set bound_subject or claims"
+    )]
+    Unconstrained,
+    /// A shared issuer's role that any of its tenants could satisfy.
+    #[error("the issuer is shared by every {} tenant: pin an organisation or project ({})", tenant(*.0), pins(*.0))]
+    SharedIssuerUnpinned(Platform),
+}
+
+fn tenant(p: Platform) -> &'static str {
+    match p {
+        Platform::GithubActions => "GitHub",
+        Platform::Gitlab => "gitlab.com",
+        Platform::Buildkite => "Buildkite",
+        _ => "",
+    }
+}
+
+fn pins(p: Platform) -> &'static str {
+    match p {
+        Platform::GithubActions => "repository, repository_id, repository_owner_id, or bound_subject \"repo:OWNER/…\" with a literal owner",
+        Platform::Gitlab => "project_id, project_path, namespace_id, namespace_path (or the job_project_* forms), or bound_subject \"project_path:GROUP/…\"",
+        _ => "organization_slug, or bound_subject \"organization:ORG:…\"",
+    }
+}
+
 impl Role {
     /// Checks the token's claims against every condition; the error lists every condition that
     /// failed (not only the first), in config order.
@@ -255,15 +291,15 @@ impl Role {
 
     /// Refuses roles that any tenant of a shared issuer could satisfy. `shared` is true for
     /// github.com's Actions issuer, Buildkite and gitlab.com.
-    pub fn validate(&self, platform: Platform, shared: bool) -> Result<(), String> {
+    pub fn validate(&self, platform: Platform, shared: bool) -> Result<(), RoleError> {
         if self.scopes.is_empty() {
-            return Err("a role needs at least one scope".into());
+            return Err(RoleError::NoScope);
         }
         if self.ttl_secs == 0 || self.ttl_secs > self.max_ttl_secs {
-            return Err("ttl_secs must be at least 1 and at most max_ttl_secs".into());
+            return Err(RoleError::Ttl);
         }
         if self.bound_subject.is_none() && self.claims.is_empty() {
-            return Err("a role must constrain the token beyond issuer and audience: set bound_subject or claims".into());
+            return Err(RoleError::Unconstrained);
         }
         if !shared {
             return Ok(());
@@ -314,20 +350,7 @@ impl Role {
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "the issuer is shared by every {} tenant: pin an organisation or project ({})",
-                match platform {
-                    Platform::GithubActions => "GitHub",
-                    Platform::Gitlab => "gitlab.com",
-                    Platform::Buildkite => "Buildkite",
-                    _ => "",
-                },
-                match platform {
-                    Platform::GithubActions => "repository, repository_id, repository_owner_id, or bound_subject \"repo:OWNER/…\" with a literal owner",
-                    Platform::Gitlab => "project_id, project_path, namespace_id, namespace_path (or the job_project_* forms), or bound_subject \"project_path:GROUP/…\"",
-                    _ => "organization_slug, or bound_subject \"organization:ORG:…\"",
-                }
-            ))
+            Err(RoleError::SharedIssuerUnpinned(platform))
         }
     }
 }

@@ -79,16 +79,44 @@ fn plain(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Why a scope string is refused. The text is the caller's (scopes are not secret), cut to
+/// 200 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    /// `db:` with a glob or nothing.
+    #[error("scope {0:?}: db:<name> needs a plain database role name")]
+    DbName(String),
+    /// `db-rotate:` without `<database>/<role>`.
+    #[error("scope {0:?}: db-rotate:<database>/<role> (role may use * and ?)")]
+    DbRotate(String),
+    /// No `:`.
+    #[error("scope {0:?} is not capability:path-glob")]
+    Shape(String),
+    /// A capability keygate does not have.
+    #[error("scope {scope:?}: unknown capability {capability:?} (one of {}, db:<name>, db-rotate:<database>/<role>)", Capability::PATH.map(Capability::as_str).join(", "))]
+    UnknownCapability {
+        /// The scope.
+        scope: String,
+        /// Its capability part.
+        capability: String,
+    },
+    /// An empty or over-long path glob.
+    #[error("scope {0:?}: the path glob must be 1 to 256 bytes")]
+    GlobLength(String),
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
 impl Scope {
     /// Parses `capability:glob`; `db:<name>` has no path (its pattern is the database role);
     /// `db-rotate:<database>/<role>` names a database's static role (`*`, `?` allowed in the
     /// role part only).
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ScopeError> {
         if let Some(name) = s.strip_prefix("db:") {
             if name.is_empty() || name.contains(['*', '?', ':']) {
-                return Err(format!(
-                    "scope {s:?}: db:<name> needs a plain database role name"
-                ));
+                return Err(ScopeError::DbName(cut(s)));
             }
             return Ok(Self {
                 capability: Capability::Db,
@@ -105,26 +133,22 @@ impl Scope {
                         .all(|c| c.is_ascii_alphanumeric() || "_-*?".contains(c))
             });
             if !ok {
-                return Err(format!(
-                    "scope {s:?}: db-rotate:<database>/<role> (role may use * and ?)"
-                ));
+                return Err(ScopeError::DbRotate(cut(s)));
             }
             return Ok(Self {
                 capability: Capability::DbRotate,
                 pattern: Glob::from(target),
             });
         }
-        let (cap, pattern) = s
-            .split_once(':')
-            .ok_or_else(|| format!("scope {s:?} is not capability:path-glob"))?;
+        let (cap, pattern) = s.split_once(':').ok_or_else(|| ScopeError::Shape(cut(s)))?;
         let Some(capability) = Capability::PATH.into_iter().find(|c| c.as_str() == cap) else {
-            return Err(format!(
-                "scope {s:?}: unknown capability {cap:?} (one of {}, db:<name>, db-rotate:<database>/<role>)",
-                Capability::PATH.map(Capability::as_str).join(", ")
-            ));
+            return Err(ScopeError::UnknownCapability {
+                scope: cut(s),
+                capability: cut(cap),
+            });
         };
         if pattern.is_empty() || pattern.len() > 256 {
-            return Err(format!("scope {s:?}: the path glob must be 1 to 256 bytes"));
+            return Err(ScopeError::GlobLength(cut(s)));
         }
         Ok(Self {
             capability,
