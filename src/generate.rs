@@ -22,6 +22,46 @@ pub struct PasswordRules {
     pub alphabet: Vec<char>,
 }
 
+/// Why password rules are refused (at config load or in `SetRotationPolicy`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RulesError {
+    /// Outside 8..=1024.
+    #[error("password length must be 8 to 1024")]
+    Length,
+    /// A class name keygate does not know.
+    #[error("unknown character class {0:?} (lower, upper, digit, symbol)")]
+    UnknownClass(String),
+    /// Too few usable characters.
+    #[error("the alphabet needs at least 10 printable, non-space characters")]
+    Alphabet,
+    /// A required class with no character in the alphabet.
+    #[error("the alphabet has no character of required class {0:?}")]
+    ClassMissing(String),
+    /// More required classes than characters.
+    #[error("the length is shorter than the number of required classes")]
+    TooShort,
+    /// An encoding keygate does not know.
+    #[error("encoding {0:?}: use hex, base64 or base64url")]
+    Encoding(String),
+}
+
+/// Why a value could not be generated. Never holds any of it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GenerateError {
+    /// The system random source failed.
+    #[error("the system random source failed")]
+    Random,
+    /// The alphabet is larger than a u32 index.
+    #[error("alphabet too large")]
+    AlphabetTooLarge,
+    /// 10,000 draws met no password with every required class.
+    #[error("could not meet the password rules")]
+    Unsatisfiable,
+    /// The key generator failed.
+    #[error("key generation failed")]
+    Key,
+}
+
 impl PasswordRules {
     /// Checks the rules make sense: the alphabet holds a character of every required class and
     /// the length fits all of them.
@@ -29,15 +69,13 @@ impl PasswordRules {
         length: usize,
         required: Vec<String>,
         alphabet: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RulesError> {
         if !(8..=1024).contains(&length) {
-            return Err("password length must be 8 to 1024".into());
+            return Err(RulesError::Length);
         }
         for r in &required {
             if !CLASSES.iter().any(|(n, _)| n == r) {
-                return Err(format!(
-                    "unknown character class {r:?} (lower, upper, digit, symbol)"
-                ));
+                return Err(RulesError::UnknownClass(r.chars().take(50).collect()));
             }
         }
         let alphabet: Vec<char> = match alphabet {
@@ -54,18 +92,16 @@ impl PasswordRules {
                 .collect(),
         };
         if alphabet.len() < 10 || alphabet.iter().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err("the alphabet needs at least 10 printable, non-space characters".into());
+            return Err(RulesError::Alphabet);
         }
         for r in &required {
             let class = class_chars(r);
             if !alphabet.iter().any(|c| class.contains(*c)) {
-                return Err(format!(
-                    "the alphabet has no character of required class {r:?}"
-                ));
+                return Err(RulesError::ClassMissing(r.clone()));
             }
         }
         if required.len() > length {
-            return Err("the length is shorter than the number of required classes".into());
+            return Err(RulesError::TooShort);
         }
         Ok(Self {
             length,
@@ -93,12 +129,12 @@ fn class_chars(name: &str) -> &'static str {
 }
 
 /// A uniformly random index below `n` (rejection sampling, no modulo bias).
-fn below(n: usize) -> Result<usize, String> {
-    let n32 = u32::try_from(n).map_err(|_| "alphabet too large".to_string())?;
+fn below(n: usize) -> Result<usize, GenerateError> {
+    let n32 = u32::try_from(n).map_err(|_| GenerateError::AlphabetTooLarge)?;
     let zone = u32::MAX - (u32::MAX % n32);
     loop {
         let mut b = [0u8; 4];
-        aws_lc_rs::rand::fill(&mut b).map_err(|_| "random generator failed".to_string())?;
+        aws_lc_rs::rand::fill(&mut b).map_err(|_| GenerateError::Random)?;
         let v = u32::from_le_bytes(b);
         if v < zone {
             return Ok((v % n32) as usize);
@@ -108,7 +144,7 @@ fn below(n: usize) -> Result<usize, String> {
 
 /// A password following `rules`: every required class appears (redrawn until it does, which
 /// keeps the distribution uniform over valid passwords).
-pub fn password(rules: &PasswordRules) -> Result<SecretBytes, String> {
+pub fn password(rules: &PasswordRules) -> Result<SecretBytes, GenerateError> {
     for _ in 0..10_000 {
         let mut s = String::with_capacity(rules.length);
         for _ in 0..rules.length {
@@ -123,7 +159,7 @@ pub fn password(rules: &PasswordRules) -> Result<SecretBytes, String> {
             return Ok(out);
         }
     }
-    Err("could not meet the password rules".into())
+    Err(GenerateError::Unsatisfiable)
 }
 
 /// Encodings for random bytes.
@@ -139,20 +175,20 @@ pub enum Encoding {
 
 impl Encoding {
     /// From its config name.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, RulesError> {
         match s {
             "hex" => Ok(Self::Hex),
             "base64" => Ok(Self::Base64),
             "base64url" => Ok(Self::Base64Url),
-            _ => Err(format!("encoding {s:?}: use hex, base64 or base64url")),
+            _ => Err(RulesError::Encoding(s.chars().take(50).collect())),
         }
     }
 }
 
 /// `n` random bytes, encoded.
-pub fn random_bytes(n: usize, enc: Encoding) -> Result<SecretBytes, String> {
+pub fn random_bytes(n: usize, enc: Encoding) -> Result<SecretBytes, GenerateError> {
     let mut raw = zeroize::Zeroizing::new(vec![0u8; n]);
-    aws_lc_rs::rand::fill(&mut raw).map_err(|_| "random generator failed".to_string())?;
+    aws_lc_rs::rand::fill(&mut raw).map_err(|_| GenerateError::Random)?;
     let s = match enc {
         Encoding::Hex => hex::encode(&*raw),
         Encoding::Base64 => base64::engine::general_purpose::STANDARD.encode(&*raw),
@@ -162,12 +198,11 @@ pub fn random_bytes(n: usize, enc: Encoding) -> Result<SecretBytes, String> {
 }
 
 /// A new Ed25519 key pair as PEM: (PKCS#8 private key, SubjectPublicKeyInfo public key).
-pub fn ed25519_pem() -> Result<(SecretBytes, String), String> {
+pub fn ed25519_pem() -> Result<(SecretBytes, String), GenerateError> {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     let doc = Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new())
-        .map_err(|_| "key generation failed".to_string())?;
-    let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref())
-        .map_err(|_| "key generation failed".to_string())?;
+        .map_err(|_| GenerateError::Key)?;
+    let pair = Ed25519KeyPair::from_pkcs8(doc.as_ref()).map_err(|_| GenerateError::Key)?;
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let wrap = |label: &str, der: &[u8]| {
         let body = b64(der);

@@ -190,7 +190,8 @@ impl ApiError {
                 match e {
                     D::UnknownRole(_) => Status::not_found(e.to_string()),
                     D::Lease(m) => Status::failed_precondition(m.clone()),
-                    D::Invalid(_) => Status::internal("database statement template error"),
+                    D::Template(_) => Status::internal("database statement template error"),
+                    D::Generate(_) => Status::internal("generating the database password failed"),
                     D::Storage(StorageError::Conflict) => {
                         Status::aborted("concurrent change; retry")
                     }

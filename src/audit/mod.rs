@@ -31,18 +31,69 @@ impl std::fmt::Debug for AuditKeys {
     }
 }
 
-fn read_private(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+/// Why the audit keys or the log cannot be set up at start. Never holds key material.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A key file or the log directory cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A new key file could not be written.
+    #[error(transparent)]
+    Write(#[from] crate::fsutil::WriteError),
+    /// A key file open to group or others.
+    #[error("{} is accessible by group or others (mode {mode:o}); run `chmod 600 {}`", path.display(), path.display())]
+    Permissions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A key file whose content is not the key it must hold.
+    #[error("{}: {problem}", path.display())]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The random source or key generator failed.
+    #[error("key generation failed")]
+    Random,
+    /// A writer thread could not be started.
+    #[error("starting the audit writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// The start record could not be written.
+    #[error(transparent)]
+    Append(#[from] writer::AuditError),
+    /// The log on disk cannot be read back (which key signed it, where it ends).
+    #[error("audit log: {0}")]
+    Log(String),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
+    move |source| SetupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read_private(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, SetupError> {
+    let meta = std::fs::metadata(path).map_err(io_at(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{} is accessible by group or others (mode {mode:o}); run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
+        return Err(SetupError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
     Ok(zeroize::Zeroizing::new(
-        std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        std::fs::read(path).map_err(io_at(path))?,
     ))
 }
 
@@ -54,43 +105,49 @@ impl AuditKeys {
         signing_file: &Path,
         hmac_file: &Path,
         log_dir: &Path,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, SetupError> {
         let rng = aws_lc_rs::rand::SystemRandom::new();
         if !signing_file.exists() {
-            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| "key generation failed")?;
-            crate::fsutil::write_private(signing_file, &B64.encode(doc.as_ref()))
-                .map_err(|e| e.to_string())?;
+            let doc = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| SetupError::Random)?;
+            crate::fsutil::write_private(signing_file, &B64.encode(doc.as_ref()))?;
         }
         if !hmac_file.exists() {
             let mut k = zeroize::Zeroizing::new([0u8; 32]);
-            aws_lc_rs::rand::fill(k.as_mut()).map_err(|_| "random source failed")?;
-            crate::fsutil::write_private(hmac_file, &B64.encode(k.as_ref()))
-                .map_err(|e| e.to_string())?;
+            aws_lc_rs::rand::fill(k.as_mut()).map_err(|_| SetupError::Random)?;
+            crate::fsutil::write_private(hmac_file, &B64.encode(k.as_ref()))?;
         }
         let raw = read_private(signing_file)?;
         let der = zeroize::Zeroizing::new(
             B64.decode(String::from_utf8_lossy(&raw).trim())
-                .map_err(|_| format!("{}: not base64", signing_file.display()))?,
+                .map_err(|_| SetupError::KeyFile {
+                    path: signing_file.to_path_buf(),
+                    problem: "not base64",
+                })?,
         );
-        let signing = Ed25519KeyPair::from_pkcs8(&der)
-            .map_err(|_| format!("{}: not an Ed25519 PKCS#8 key", signing_file.display()))?;
+        let signing = Ed25519KeyPair::from_pkcs8(&der).map_err(|_| SetupError::KeyFile {
+            path: signing_file.to_path_buf(),
+            problem: "not an Ed25519 PKCS#8 key",
+        })?;
         let raw = read_private(hmac_file)?;
         let hk = zeroize::Zeroizing::new(
             B64.decode(String::from_utf8_lossy(&raw).trim())
-                .map_err(|_| format!("{}: not base64", hmac_file.display()))?,
+                .map_err(|_| SetupError::KeyFile {
+                    path: hmac_file.to_path_buf(),
+                    problem: "not base64",
+                })?,
         );
         if hk.len() < 32 {
-            return Err(format!(
-                "{}: the HMAC key must be at least 32 bytes",
-                hmac_file.display()
-            ));
+            return Err(SetupError::KeyFile {
+                path: hmac_file.to_path_buf(),
+                problem: "the HMAC key must be at least 32 bytes",
+            });
         }
-        std::fs::create_dir_all(log_dir).map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        std::fs::create_dir_all(log_dir).map_err(io_at(log_dir))?;
         std::fs::write(
             log_dir.join("audit.pub"),
             B64.encode(signing.public_key().as_ref()) + "\n",
         )
-        .map_err(|e| format!("{}: {e}", log_dir.display()))?;
+        .map_err(io_at(log_dir))?;
         Ok(Self {
             signing,
             pkcs8: der,
@@ -110,7 +167,7 @@ impl AuditKeys {
         &self,
         store: &crate::secrets::SecretStore,
         log_dir: &Path,
-    ) -> Result<Ed25519KeyPair, String> {
+    ) -> Result<Ed25519KeyPair, SetupError> {
         let mut candidates: Vec<zeroize::Zeroizing<Vec<u8>>> = vec![self.anchor_pkcs8()];
         if let Ok(v) = store.get_internal(&CHECKPOINT_KEY_PATH).await {
             if let Some(k) = v.fields.get("pkcs8") {
@@ -130,11 +187,13 @@ impl AuditKeys {
             .iter()
             .map(|p| p.public_key().as_ref().to_vec())
             .collect();
-        let i = verify::active_key(log_dir, &publics)?.unwrap_or(0);
-        pairs
-            .into_iter()
-            .nth(i)
-            .ok_or_else(|| "no usable audit checkpoint key".to_string())
+        let i = verify::active_key(log_dir, &publics)
+            .map_err(SetupError::Log)?
+            .unwrap_or(0);
+        pairs.into_iter().nth(i).ok_or(SetupError::KeyFile {
+            path: log_dir.join("audit.pub"),
+            problem: "no usable audit checkpoint key",
+        })
     }
 }
 

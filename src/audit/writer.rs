@@ -542,7 +542,7 @@ fn run(
 
 impl AuditWriter {
     /// Opens the log (recovering from a crash) and starts the writer thread.
-    pub fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<Self, String> {
+    pub fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<Self, super::SetupError> {
         Self::open_with_clock(cfg, key, Arc::new(crate::clock::SystemClock))
     }
 
@@ -551,10 +551,10 @@ impl AuditWriter {
         cfg: WriterConfig,
         key: Ed25519KeyPair,
         clock: Arc<dyn crate::clock::Clock>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, super::SetupError> {
         let deadline = cfg.write_deadline;
         let sink_cfg = cfg.sink.clone().map(|s| (s, cfg.sink_queue.max(1)));
-        let (mut st, opened) = State::open(cfg, key)?;
+        let (mut st, opened) = State::open(cfg, key).map_err(super::SetupError::Log)?;
         st.clock = clock;
         let truncated = opened.truncated;
         let sink_dropped = st.dropped.clone();
@@ -564,7 +564,7 @@ impl AuditWriter {
             std::thread::Builder::new()
                 .name("keygate-audit-sink".into())
                 .spawn(move || sink_thread(sink, srx, d))
-                .map_err(|e| e.to_string())?;
+                .map_err(super::SetupError::Thread)?;
             st.sink = Some(stx);
         }
         // every start is recorded; a torn line that was cut is said so
@@ -590,7 +590,7 @@ impl AuditWriter {
                 "audit log: records after the last seal did not verify; set aside in quarantine, never signed"
             );
         }
-        st.write(&mut [rec]).map_err(|e| e.to_string())?;
+        st.write(&mut [rec])?;
         st.since_checkpoint += 1;
         if let Some(n) = truncated {
             tracing::warn!(
@@ -609,7 +609,7 @@ impl AuditWriter {
         let thread = std::thread::Builder::new()
             .name("keygate-audit".into())
             .spawn(move || run(st, rx, h, w, hd, pk))
-            .map_err(|e| e.to_string())?;
+            .map_err(super::SetupError::Thread)?;
         Ok(Self {
             tx,
             healthy,

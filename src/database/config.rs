@@ -225,7 +225,7 @@ pub(crate) fn parse(
                 ));
             }
             for s in creation.iter().chain(&r.revocation).chain(&r.renewal) {
-                super::template::check(s).map_err(|m| re("creation", m))?;
+                super::template::check(s).map_err(|m| re("creation", m.to_string()))?;
             }
             let default_ttl_secs =
                 parse_duration(&r.default_ttl).map_err(|m| re("default_ttl", m.to_string()))?;

@@ -63,9 +63,12 @@ pub enum DbError {
     /// The lease store failed.
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    /// A template or generator problem.
-    #[error("{0}")]
-    Invalid(String),
+    /// A statement template problem.
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    /// A user name or password could not be generated.
+    #[error(transparent)]
+    Generate(#[from] crate::generate::GenerateError),
 }
 
 /// A generated user handed to a caller.
@@ -105,8 +108,7 @@ pub fn new_username(role: &str) -> Result<String, DbError> {
         .take(24)
         .collect::<String>()
         .to_ascii_lowercase();
-    let suffix = crate::generate::random_bytes(8, crate::generate::Encoding::Hex)
-        .map_err(DbError::Invalid)?;
+    let suffix = crate::generate::random_bytes(8, crate::generate::Encoding::Hex)?;
     let suffix = String::from_utf8_lossy(suffix.expose()).into_owned();
     let name = format!("kg_{clean}_{suffix}");
     Ok(name.chars().take(config::MAX_NAME_LEN).collect())
@@ -274,8 +276,7 @@ impl Databases {
         let rendered = statements
             .iter()
             .map(|s| render(s, values))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(DbError::Invalid)?;
+            .collect::<Result<Vec<_>, _>>()?;
         let mut client = self.connect(database).await?;
         let txn = client
             .transaction()
@@ -327,8 +328,8 @@ impl Databases {
             ));
         }
         let username = new_username(&r.name)?;
-        let password = crate::generate::password(&crate::generate::PasswordRules::alphanumeric(32))
-            .map_err(DbError::Invalid)?;
+        let password =
+            crate::generate::password(&crate::generate::PasswordRules::alphanumeric(32))?;
         let lease = Lease {
             lease_id: format!("{LEASE_PREFIX}{}/{username}", r.name),
             role: r.name.clone(),

@@ -4,18 +4,37 @@
 
 const PLACEHOLDERS: &[&str] = &["name", "password", "expiration"];
 
+/// Why a statement template is refused or cannot be rendered. Never holds a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `{{` without `}}`.
+    #[error("unclosed {{{{ in {0:?}")]
+    Unclosed(String),
+    /// A placeholder keygate does not fill.
+    #[error(
+        "unknown placeholder {{{{{0}}}}} (use {{{{name}}}}, {{{{password}}}}, {{{{expiration}}}})"
+    )]
+    UnknownPlaceholder(String),
+    /// A placeholder whose value this statement does not get (e.g. `{{password}}` in revocation).
+    #[error("{{{{{0}}}}} is not available here")]
+    Unavailable(&'static str),
+    /// A generated value with a quoting character (never expected: keygate makes the values).
+    #[error("a generated value holds a quoting character")]
+    Unsafe,
+}
+
 /// Refuses unknown placeholders and unbalanced braces.
-pub fn check(statement: &str) -> Result<(), String> {
+pub fn check(statement: &str) -> Result<(), TemplateError> {
     let mut rest = statement;
     while let Some(i) = rest.find("{{") {
         let after = &rest[i + 2..];
         let end = after
             .find("}}")
-            .ok_or_else(|| format!("unclosed {{{{ in {statement:?}"))?;
+            .ok_or_else(|| TemplateError::Unclosed(statement.chars().take(200).collect()))?;
         let key = after[..end].trim();
         if !PLACEHOLDERS.contains(&key) {
-            return Err(format!(
-                "unknown placeholder {{{{{key}}}}} (use {{{{name}}}}, {{{{password}}}}, {{{{expiration}}}})"
+            return Err(TemplateError::UnknownPlaceholder(
+                key.chars().take(50).collect(),
             ));
         }
         rest = &after[end + 2..];
@@ -33,34 +52,37 @@ pub struct Values<'a> {
     pub expiration: Option<&'a str>,
 }
 
-fn safe(v: &str) -> Result<&str, String> {
+fn safe(v: &str) -> Result<&str, TemplateError> {
     if v.chars()
         .any(|c| matches!(c, '\'' | '"' | '\\' | ';' | '\0'))
     {
-        return Err("a generated value holds a quoting character".into());
+        return Err(TemplateError::Unsafe);
     }
     Ok(v)
 }
 
 /// Renders one statement.
-pub fn render(statement: &str, v: &Values<'_>) -> Result<String, String> {
+pub fn render(statement: &str, v: &Values<'_>) -> Result<String, TemplateError> {
     let mut out = String::with_capacity(statement.len() + 64);
     let mut rest = statement;
     while let Some(i) = rest.find("{{") {
         out.push_str(&rest[..i]);
         let after = &rest[i + 2..];
-        let end = after.find("}}").ok_or_else(|| "unclosed {{".to_string())?;
+        let end = after
+            .find("}}")
+            .ok_or_else(|| TemplateError::Unclosed(statement.chars().take(200).collect()))?;
         let value = match after[..end].trim() {
             "name" => safe(v.name)?,
-            "password" => safe(
-                v.password
-                    .ok_or_else(|| "{{password}} is not available here".to_string())?,
-            )?,
+            "password" => safe(v.password.ok_or(TemplateError::Unavailable("password"))?)?,
             "expiration" => safe(
                 v.expiration
-                    .ok_or_else(|| "{{expiration}} is not available here".to_string())?,
+                    .ok_or(TemplateError::Unavailable("expiration"))?,
             )?,
-            other => return Err(format!("unknown placeholder {other:?}")),
+            other => {
+                return Err(TemplateError::UnknownPlaceholder(
+                    other.chars().take(50).collect(),
+                ))
+            }
         };
         out.push_str(value);
         rest = &after[end + 2..];

@@ -130,7 +130,7 @@ pub fn check(raw: &RawRotation, source: &'static str) -> Result<Policy, (&'stati
             }
             Schedule::Every(s)
         }
-        (None, Some(c)) => Schedule::Cron(Cron::parse(c).map_err(|m| ("cron", m))?),
+        (None, Some(c)) => Schedule::Cron(Cron::parse(c).map_err(|m| ("cron", m.to_string()))?),
         _ => return Err(("every", "set exactly one of every or cron".into())),
     };
     let window_secs = raw

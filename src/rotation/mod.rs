@@ -540,7 +540,7 @@ impl Rotator {
             ),
             Err(e) => return Err(e.into()),
         };
-        let bad = |m: String| RotationError::Invalid(m);
+        let bad = |m: crate::generate::GenerateError| RotationError::Invalid(m.to_string());
         for (name, g) in &p.fields {
             match g {
                 Generator::Password(rules) => {
@@ -569,7 +569,7 @@ impl Rotator {
                 ([a, b], Some(u)) if u == *a => b.clone(),
                 ([a, _], _) => a.clone(),
                 ([a], _) => a.clone(),
-                _ => return Err(bad("postgres: no role".into())),
+                _ => return Err(RotationError::Invalid("postgres: no role".into())),
             };
             fields.insert("username".into(), SecretBytes::new(target.into_bytes()));
             fields.insert(

@@ -47,13 +47,54 @@ const MONTHS: [&str; 12] = [
 ];
 const DAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
-fn field(spec: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result<u64, String> {
-    let value = |s: &str| -> Result<u32, String> {
+/// Why a cron expression is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CronError {
+    /// Not five fields (nor an `@` shorthand).
+    #[error("{0:?}: a cron expression has five fields: minute hour day-of-month month day-of-week (UTC)")]
+    Shape(String),
+    /// One field is wrong.
+    #[error("cron {field} field: {source}")]
+    Field {
+        /// `minute`, `hour`, `day-of-month`, `month`, `day-of-week`.
+        field: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: FieldError,
+    },
+}
+
+/// What is wrong with one cron field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldError {
+    /// Neither a number nor a name.
+    #[error("{0:?} is not a number")]
+    NotNumber(String),
+    /// `/0` or a step that is not a number.
+    #[error("bad step in {0:?}")]
+    Step(String),
+    /// Outside the field's range, or a backwards range.
+    #[error("{part:?} is outside {lo}-{hi}")]
+    Range {
+        /// The list item.
+        part: String,
+        /// Lowest allowed.
+        lo: u32,
+        /// Highest allowed.
+        hi: u32,
+    },
+}
+
+fn cut(s: &str) -> String {
+    s.chars().take(100).collect()
+}
+
+fn field(spec: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result<u64, FieldError> {
+    let value = |s: &str| -> Result<u32, FieldError> {
         if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(s)) {
             return Ok(i as u32 + name_base);
         }
-        s.parse::<u32>()
-            .map_err(|_| format!("{s:?} is not a number"))
+        s.parse::<u32>().map_err(|_| FieldError::NotNumber(cut(s)))
     };
     let mut bits = 0u64;
     for part in spec.split(',') {
@@ -63,7 +104,7 @@ fn field(spec: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result
                 s.parse::<u32>()
                     .ok()
                     .filter(|s| *s > 0)
-                    .ok_or_else(|| format!("bad step in {part:?}"))?,
+                    .ok_or_else(|| FieldError::Step(cut(part)))?,
             ),
             None => (part, 1),
         };
@@ -76,7 +117,11 @@ fn field(spec: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result
             (a, if part.contains('/') { hi } else { a })
         };
         if a < lo || b > hi || a > b {
-            return Err(format!("{part:?} is outside {lo}-{hi}"));
+            return Err(FieldError::Range {
+                part: cut(part),
+                lo,
+                hi,
+            });
         }
         let mut v = a;
         while v <= b {
@@ -90,7 +135,7 @@ fn field(spec: &str, lo: u32, hi: u32, names: &[&str], name_base: u32) -> Result
 impl Cron {
     /// Parses `m h dom mon dow` (numbers, `*`, ranges `a-b`, steps `/n`, lists, month and day
     /// names, 0 or 7 = Sunday) or `@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`.
-    pub fn parse(expr: &str) -> Result<Self, String> {
+    pub fn parse(expr: &str) -> Result<Self, CronError> {
         let expr = match expr.trim() {
             "@hourly" => "0 * * * *",
             "@daily" | "@midnight" => "0 0 * * *",
@@ -101,11 +146,9 @@ impl Cron {
         };
         let parts: Vec<&str> = expr.split_whitespace().collect();
         let [mi, h, dom, mon, dow] = parts[..] else {
-            return Err(format!(
-                "{expr:?}: a cron expression has five fields: minute hour day-of-month month day-of-week (UTC)"
-            ));
+            return Err(CronError::Shape(cut(expr)));
         };
-        let err = |what: &str, e: String| format!("cron {what} field: {e}");
+        let err = |field: &'static str, source: FieldError| CronError::Field { field, source };
         let mut dow_bits = field(dow, 0, 7, &DAYS, 0).map_err(|e| err("day-of-week", e))? as u8;
         if dow_bits & 0x80 != 0 {
             dow_bits = (dow_bits & 0x7f) | 1;

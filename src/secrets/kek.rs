@@ -150,11 +150,17 @@ mod tests {
         assert!(load_file(&p).is_ok());
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = load_file(&p).unwrap_err();
-        assert!(matches!(e, KekError::Permissions { mode: 0o640, .. }), "{e}");
+        assert!(
+            matches!(e, KekError::Permissions { mode: 0o640, .. }),
+            "{e}"
+        );
         assert!(e.to_string().contains("mode 640"), "{e}");
         let again = generate_file(&p).unwrap_err();
         assert!(
-            matches!(again, KekError::Write(crate::fsutil::WriteError::Create { .. })),
+            matches!(
+                again,
+                KekError::Write(crate::fsutil::WriteError::Create { .. })
+            ),
             "must not overwrite: {again}"
         );
         // the io::Error stays reachable as the source

@@ -68,9 +68,9 @@ pub enum StartError {
     /// The TLS certificate or key of a listener.
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
-    /// The audit log cannot be opened.
-    #[error("audit.dir: {0}")]
-    Audit(String),
+    /// The audit keys or log cannot be opened.
+    #[error("audit: {0}")]
+    Audit(#[source] crate::audit::SetupError),
     /// gRPC reflection cannot be built.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -342,7 +342,7 @@ impl Daemon {
                     file: config.path.clone(),
                     line: None,
                     key: Some("audit.signing_key_file".into()),
-                    message: m,
+                    message: m.to_string(),
                 })
             })?,
         );
