@@ -425,16 +425,112 @@ struct RawTls {
 struct RawStorage {
     #[serde(default = "default_backend")]
     backend: String,
-    #[serde(default = "default_data_path")]
-    path: PathBuf,
+    path: Option<PathBuf>,
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
+    pool_size: Option<usize>,
+    connect_timeout: Option<String>,
+    statement_timeout: Option<String>,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
         Self {
             backend: default_backend(),
-            path: default_data_path(),
+            path: None,
+            url: None,
+            password_file: None,
+            tls: None,
+            ca_file: None,
+            pool_size: None,
+            connect_timeout: None,
+            statement_timeout: None,
         }
+    }
+}
+
+fn storage_config(raw: RawStorage, ctx: &Ctx<'_>) -> Result<StorageConfig, ConfigError> {
+    let pg_only = [
+        ("url", raw.url.is_some()),
+        ("password_file", raw.password_file.is_some()),
+        ("tls", raw.tls.is_some()),
+        ("ca_file", raw.ca_file.is_some()),
+        ("pool_size", raw.pool_size.is_some()),
+        ("connect_timeout", raw.connect_timeout.is_some()),
+        ("statement_timeout", raw.statement_timeout.is_some()),
+    ];
+    match raw.backend.as_str() {
+        "sled" => {
+            if let Some((key, _)) = pg_only.iter().find(|(_, set)| *set) {
+                return Err(ctx.err("storage", key, "only for backend = \"postgres\""));
+            }
+            Ok(StorageConfig::Sled {
+                path: ctx.resolve(&raw.path.unwrap_or_else(default_data_path)),
+            })
+        }
+        "postgres" => {
+            if raw.path.is_some() {
+                return Err(ctx.err(
+                    "storage",
+                    "path",
+                    "only for backend = \"sled\" (PostgreSQL keeps the data in the database)",
+                ));
+            }
+            let Some(url) = raw.url else {
+                return Err(ctx.err(
+                    "storage",
+                    "url",
+                    "backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DB\"",
+                ));
+            };
+            let secs = |key: &str, v: Option<String>| -> Result<std::time::Duration, ConfigError> {
+                let s = crate::duration::parse_duration(v.as_deref().unwrap_or("5s"))
+                    .map_err(|e| ctx.err("storage", key, e))?;
+                if !(1..=300).contains(&s) {
+                    return Err(ctx.err("storage", key, "must be between 1s and 5m"));
+                }
+                Ok(std::time::Duration::from_secs(s))
+            };
+            let connect_timeout = secs("connect_timeout", raw.connect_timeout)?;
+            let statement_timeout = secs("statement_timeout", raw.statement_timeout)?;
+            let password_file = raw.password_file.map(|p| ctx.resolve(&p));
+            if let Some(p) = &password_file {
+                std::fs::metadata(p).map_err(|e| {
+                    ctx.err("storage", "password_file", format!("{}: {e}", p.display()))
+                })?;
+            }
+            let ca_file = raw.ca_file.map(|p| ctx.resolve(&p));
+            if let Some(p) = &ca_file {
+                crate::tls::load_certs(p).map_err(|e| ctx.err("storage", "ca_file", e))?;
+            }
+            use crate::storage::postgres::config::{PgConfig, PgConfigError as E};
+            PgConfig::check(
+                &url,
+                password_file,
+                raw.tls.as_deref().unwrap_or("verify-full"),
+                ca_file,
+                raw.pool_size.unwrap_or(16),
+                connect_timeout,
+                statement_timeout,
+            )
+            .map(StorageConfig::Postgres)
+            .map_err(|e| {
+                let key = match e {
+                    E::Url(_) | E::PasswordInUrl | E::NoUser | E::NoDatabase => "url",
+                    E::PlainToRemote | E::TlsMode(_) => "tls",
+                    E::CaWithoutTls => "ca_file",
+                    E::PoolSize => "pool_size",
+                };
+                ctx.err("storage", key, e)
+            })
+        }
+        other => Err(ctx.err(
+            "storage",
+            "backend",
+            format!("unknown backend {other:?}; supported: \"sled\", \"postgres\""),
+        )),
     }
 }
 
@@ -523,6 +619,8 @@ pub enum StorageConfig {
         /// Directory.
         path: PathBuf,
     },
+    /// PostgreSQL, shared by every replica.
+    Postgres(crate::storage::postgres::config::PgConfig),
 }
 
 /// Where the key-encryption key comes from.
@@ -680,18 +778,7 @@ impl Config {
             crate::tls::load_certs(ca).map_err(|e| ctx.err("tls", "client_ca_file", e))?;
         }
 
-        let storage = match raw.storage.backend.as_str() {
-            "sled" => StorageConfig::Sled {
-                path: ctx.resolve(&raw.storage.path),
-            },
-            other => {
-                return Err(ctx.err(
-                    "storage",
-                    "backend",
-                    format!("unknown backend {other:?}; supported: \"sled\""),
-                ))
-            }
-        };
+        let storage = storage_config(raw.storage, &ctx)?;
 
         let kek = match (raw.kek.file, raw.kek.env) {
             (Some(f), None) => {

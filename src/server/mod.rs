@@ -59,6 +59,9 @@ pub enum StartError {
         #[source]
         source: crate::storage::StorageError,
     },
+    /// The PostgreSQL store cannot be opened (unreachable, refused, a newer schema).
+    #[error("storage (postgres): {0}")]
+    Postgres(#[source] crate::storage::postgres::PgError),
     /// The secret store refused to open.
     #[error("secret store: {0}")]
     Secrets(#[source] SecretsError),
@@ -269,6 +272,11 @@ impl Daemon {
                     source,
                 },
             )?),
+            StorageConfig::Postgres(pg) => Arc::new(
+                crate::storage::PgStorage::open(pg)
+                    .await
+                    .map_err(StartError::Postgres)?,
+            ),
         };
         let kek = kek_from(&config)?;
         // one clock for everything the daemon stamps or checks

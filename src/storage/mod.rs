@@ -14,11 +14,13 @@
 //!   commit delivers nothing.
 //! - `scan_prefix` returns keys in ascending byte order.
 
+pub mod postgres;
 pub mod sled_store;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+pub use postgres::PgStorage;
 pub use sled_store::SledStorage;
 
 /// What a storage operation can fail with.

@@ -110,11 +110,44 @@ impl TestEnv {
             .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
     }
 
+    /// A config for replica `name` of this environment on the PostgreSQL database `pg_url`:
+    /// the current config with its own node id, audit directory, audit keys and head file,
+    /// written next to the main config (so relative paths resolve alike).
+    pub fn replica_config(&self, name: &str, pg_url: &str) -> PathBuf {
+        let base = std::fs::read_to_string(&self.paths.config).unwrap();
+        assert!(base.contains("[storage]\nbackend = \"sled\"\npath = \"data\"\n"));
+        let text = base
+            .replace(
+                "[storage]\nbackend = \"sled\"\npath = \"data\"\n",
+                &format!(
+                    "[storage]\nbackend = \"postgres\"\nurl = \"{pg_url}\"\ntls = \"dangerous_disable\"\npool_size = 8\n"
+                ),
+            )
+            .replace("node_id = \"dev-1\"", &format!("node_id = \"{name}\""))
+            + &format!(
+                "\n[audit]\ndir = \"audit-{name}\"\nhead_file = \"audit-{name}.head\"\nsigning_key_file = \"audit-{name}-signing.key\"\nhmac_key_file = \"audit-{name}-hmac.key\"\n"
+            );
+        let path = self.paths.dir.join(format!("keygate-{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `keygate serve --config CONFIG` and waits for it to listen.
+    pub fn start_config(&self, config: &Path) -> Daemon {
+        self.try_start_config(config, &[])
+            .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
     fn try_start_with(&self, vars: &[(&str, &str)]) -> Result<Daemon, String> {
+        let config = self.paths.config.clone();
+        self.try_start_config(&config, vars)
+    }
+
+    fn try_start_config(&self, config: &Path, vars: &[(&str, &str)]) -> Result<Daemon, String> {
         let log = self.next_log("daemon");
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
-            .arg(&self.paths.config)
+            .arg(config)
             .envs(vars.iter().copied())
             .env("KEYGATE_LOG", LOG_LEVEL)
             .stdin(Stdio::null())

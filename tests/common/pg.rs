@@ -127,3 +127,43 @@ where
     }
     cond().await
 }
+
+/// A new empty database on the test server (for keygate's own PostgreSQL storage), and its URL.
+/// Dropped by [`drop_database`].
+pub async fn fresh_database() -> (String, String) {
+    let c = admin().await;
+    let mut b = [0u8; 6];
+    getrandom_fill(&mut b);
+    let name = format!("kg_store_{}", hex_lower(&b));
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let mut cfg: tokio_postgres::Config = url().parse().unwrap();
+    cfg.dbname(&name);
+    let host = match &cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let user = cfg.get_user().unwrap_or("postgres").to_string();
+    (
+        name.clone(),
+        format!("postgres://{user}@{host}:{port}/{name}"),
+    )
+}
+
+/// Drops a database made by [`fresh_database`] (its connections are ended first).
+pub async fn drop_database(name: &str) {
+    let c = admin().await;
+    let _ = c
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+}
+
+fn getrandom_fill(b: &mut [u8]) {
+    aws_lc_rs::rand::fill(b).unwrap();
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
