@@ -24,7 +24,11 @@ async fn writes_through_one_replica_are_read_and_watched_through_the_others() {
     let ra = env.replica_config("r1", &url);
     let rb = env.replica_config("r2", &url);
     let rc = env.replica_config("r3", &url);
-    let (a, b, c) = (env.start_config(&ra), env.start_config(&rb), env.start_config(&rc));
+    let (a, b, c) = (
+        env.start_config(&ra),
+        env.start_config(&rb),
+        env.start_config(&rc),
+    );
     let mut ca = SecretsClient::new(env.admin_channel(&a).await);
     let mut cb = SecretsClient::new(env.admin_channel(&b).await);
     let mut cc = SecretsClient::new(env.admin_channel(&c).await);
@@ -104,6 +108,202 @@ async fn writes_through_one_replica_are_read_and_watched_through_the_others() {
         .into_inner();
     assert_eq!(got.version, 1);
     for d in [a, b, c] {
+        assert_eq!(d.stop(), 0);
+    }
+    pg::drop_database(&db).await;
+}
+
+const AUD: &str = "keygate-replicas";
+const ISS: &str = "https://ci.replicas.example";
+
+fn bearer<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn exchange(
+    ch: &tonic::transport::Channel,
+    token: &str,
+) -> Result<pb::ExchangeResponse, tonic::Status> {
+    pb::token_exchange_client::TokenExchangeClient::new(ch.clone())
+        .exchange(pb::ExchangeRequest {
+            subject_token: token.into(),
+            subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
+            role: "ci".into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn read_as(
+    ch: &tonic::transport::Channel,
+    token: &str,
+) -> Result<pb::GetSecretResponse, tonic::Status> {
+    SecretsClient::new(ch.clone())
+        .get(bearer(
+            pb::GetSecretRequest {
+                path: "ci/db".into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_replay_markers_revocations_and_signing_keys_hold_across_replicas() {
+    use common::issuer::{now, TestIssuer, TestKey};
+    let env = TestEnv::new();
+    let issuer = TestIssuer::start(&env.paths.dir, "replicas").await;
+    let key = TestKey::rsa("ci-1");
+    issuer.publish(&key);
+    let disc = issuer.tenant("ci", ISS);
+    env.append_config(&format!(
+        r#"
+[identity]
+url = "https://keygate.replicas.test"
+
+[[issuers]]
+name = "ci"
+issuer = "{ISS}"
+discovery_url = "{disc}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+refuse_jti_replay = true
+
+[[roles]]
+name = "ci"
+issuer = "ci"
+bound_subject = "pipeline:deploy"
+scopes = ["read:ci/*"]
+ttl_secs = 600
+max_ttl_secs = 600
+"#
+    ));
+    let (db, url) = pg::fresh_database().await;
+    let mut daemons: Vec<Daemon> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| env.start_config(&env.replica_config(n, &url)))
+        .collect();
+    let mut chans = Vec::new();
+    for d in &daemons {
+        chans.push(env.channel_as(d, None).await);
+    }
+    SecretsClient::new(env.admin_channel(&daemons[0]).await)
+        .put(put("ci/db", "s3cret"))
+        .await
+        .unwrap();
+    let token = |jti: &str| {
+        key.sign(&serde_json::json!({
+            "iss": ISS, "aud": AUD, "sub": "pipeline:deploy", "jti": jti,
+            "iat": now(), "nbf": now() - 5, "exp": now() + 300,
+        }))
+    };
+
+    // a credential issued by r1 works on r2 and r3 at once
+    let cred = exchange(&chans[0], &token("jti-1")).await.unwrap();
+    for ch in &chans[1..] {
+        let got = read_as(ch, &cred.access_token).await.unwrap();
+        assert_eq!(got.fields["password"], b"s3cret");
+    }
+
+    // a platform token used once on r2 is a replay on r3 (and on r1)
+    let once = token("jti-2");
+    exchange(&chans[1], &once).await.unwrap();
+    for ch in [&chans[2], &chans[0]] {
+        let e = exchange(ch, &once).await.unwrap_err();
+        assert_eq!(e.message(), "token_replayed");
+    }
+
+    // r1 killed (kill -9) right after answering: its fresh credential lives on r2 and r3
+    let last = exchange(&chans[0], &token("jti-3")).await.unwrap();
+    daemons.remove(0).kill9();
+    for ch in &chans[1..] {
+        read_as(ch, &last.access_token)
+            .await
+            .expect("a credential acknowledged by a killed replica works on the others");
+    }
+
+    // a revocation on r2 is refused on r3 within 1 s, and ends r3's Watch of that credential
+    let victim = exchange(&chans[1], &token("jti-4")).await.unwrap();
+    let mut watch = SecretsClient::new(chans[2].clone())
+        .watch(bearer(
+            pb::WatchRequest {
+                paths: vec!["ci/db".into()],
+                prefixes: vec![],
+            },
+            &victim.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    read_as(&chans[2], &victim.access_token).await.unwrap();
+    pb::leases_client::LeasesClient::new(env.admin_channel(&daemons[0]).await)
+        .revoke(pb::RevokeLeaseRequest {
+            lease_id: victim.lease_id.clone(),
+        })
+        .await
+        .unwrap();
+    let revoked_at = Instant::now();
+    let e = read_as(&chans[2], &victim.access_token).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(1), watch.message())
+        .await
+        .expect("the revoked credential's Watch on another replica ends within 1 s");
+    let watch_end = revoked_at.elapsed();
+    assert_eq!(ended.unwrap_err().code(), tonic::Code::Unauthenticated);
+    println!("revocation on r2 -> r3 refuses the credential at once; r3's Watch ended after {watch_end:?}");
+
+    // a signing key rotated on r2 is on r3's JWKS within 1 s, and r3 verifies its credentials
+    let jwks = |d: &Daemon| {
+        let addr = d.http;
+        let env = &env;
+        async move {
+            let (status, body) = https_get(env, addr, "/.well-known/jwks.json").await;
+            assert_eq!(status, 200);
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let before = jwks(&daemons[1]).await;
+    let rotated = pb::admin_client::AdminClient::new(env.admin_channel(&daemons[0]).await)
+        .rotate_signing_key(pb::RotateSigningKeyRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let t = Instant::now();
+    let new_kid = rotated
+        .kids
+        .iter()
+        .find(|k| !before.contains(k))
+        .expect("a new kid")
+        .clone();
+    loop {
+        if jwks(&daemons[1]).await.contains(&new_kid) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "r3's JWKS lacks r2's new signing key after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "new signing key on another replica's JWKS after {:?}",
+        t.elapsed()
+    );
+    let fresh = exchange(&chans[1], &token("jti-5")).await.unwrap();
+    read_as(&chans[2], &fresh.access_token).await.unwrap();
+    for d in daemons {
         assert_eq!(d.stop(), 0);
     }
     pg::drop_database(&db).await;

@@ -54,6 +54,9 @@ pub struct DbLease {
 /// them at once) and a background task commits everything pending in one storage transaction
 /// every couple of milliseconds, instead of one transaction (and one log write) per exchange.
 /// Like any lazy write, a lease lost in a crash only invalidates its credential (fail closed).
+/// On a store other replicas share, `create` returns only once the batch holding its lease is
+/// committed (group commit): a credential is never handed out that another replica would find
+/// unknown, or that dies with this process.
 /// Every operation that scans or changes stored leases (list, renew, revoke, sweep) first
 /// commits what is pending, under the same lock as the background task, and flushed leases are
 /// written only if absent, so a revocation is never overwritten by an older pending copy.
@@ -61,6 +64,7 @@ pub struct LeaseStore {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     pending: Arc<std::sync::Mutex<std::collections::HashMap<String, Lease>>>,
+    waiters: Arc<Waiters>,
     flush_lock: Arc<tokio::sync::Mutex<()>>,
     wake: Arc<tokio::sync::Notify>,
     flusher: std::sync::OnceLock<()>,
@@ -73,10 +77,18 @@ const MAX_PENDING: usize = 50_000;
 /// Conflicts in a row after which a lease change gives up (and says so).
 const CAS_ATTEMPTS: usize = 64;
 
+/// Creators waiting for their lease to be committed (shared stores only), by lease id.
+type Waiters =
+    std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>;
+
+/// How long `create` waits for the batch holding its lease on a shared store.
+const SHARED_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Commits pending leases (each only if absent). Caller holds the flush lock.
 async fn flush_pending_locked(
     storage: &Arc<dyn Storage>,
     pending: &std::sync::Mutex<std::collections::HashMap<String, Lease>>,
+    waiters: &Waiters,
 ) -> Result<(), StorageError> {
     let snapshot: Vec<Lease> = match pending.lock() {
         Ok(p) => p.values().cloned().collect(),
@@ -115,6 +127,13 @@ async fn flush_pending_locked(
             p.remove(&l.lease_id);
         }
     }
+    if let Ok(mut w) = waiters.lock() {
+        for l in &snapshot {
+            if let Some(tx) = w.remove(&l.lease_id) {
+                let _ = tx.send(());
+            }
+        }
+    }
     Ok(())
 }
 
@@ -140,6 +159,7 @@ impl LeaseStore {
             storage,
             clock,
             pending: Arc::default(),
+            waiters: Arc::default(),
             flush_lock: Arc::default(),
             wake: Arc::default(),
             flusher: std::sync::OnceLock::new(),
@@ -149,14 +169,15 @@ impl LeaseStore {
     /// Commits every pending lease now.
     pub async fn flush_pending(&self) -> Result<(), StorageError> {
         let _g = self.flush_lock.lock().await;
-        flush_pending_locked(&self.storage, &self.pending).await
+        flush_pending_locked(&self.storage, &self.pending, &self.waiters).await
     }
 
     fn start_flusher(&self) {
         self.flusher.get_or_init(|| {
-            let (storage, pending, lock, wake) = (
+            let (storage, pending, waiters, lock, wake) = (
                 self.storage.clone(),
                 self.pending.clone(),
+                self.waiters.clone(),
                 self.flush_lock.clone(),
                 self.wake.clone(),
             );
@@ -166,7 +187,7 @@ impl LeaseStore {
                     // let a batch gather
                     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
                     let _g = lock.lock().await;
-                    if let Err(e) = flush_pending_locked(&storage, &pending).await {
+                    if let Err(e) = flush_pending_locked(&storage, &pending, &waiters).await {
                         tracing::error!(error = %e, "writing new leases failed; retrying");
                         wake.notify_one();
                         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -204,7 +225,29 @@ impl LeaseStore {
                 }
                 p.insert(lease.lease_id.clone(), lease.clone());
             }
+            let committed = if self.storage.shared() {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if let Ok(mut w) = self.waiters.lock() {
+                    w.insert(lease.lease_id.clone(), tx);
+                }
+                Some(rx)
+            } else {
+                None
+            };
             self.wake.notify_one();
+            if let Some(rx) = committed {
+                match tokio::time::timeout(SHARED_CREATE_WAIT, rx).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        if let Ok(mut w) = self.waiters.lock() {
+                            w.remove(&lease.lease_id);
+                        }
+                        return Err(StorageError::Backend(
+                            "the new lease was not committed in time".into(),
+                        ));
+                    }
+                }
+            }
             return Ok(());
         }
         let k = key(&lease.lease_id);

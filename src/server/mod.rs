@@ -159,6 +159,36 @@ impl ConfigReload for Reloader {
     }
 }
 
+/// Reloads the signing keys as soon as they change in the store (a rotation on any replica,
+/// seen through the store's change notifications), so every replica publishes the same JWKS
+/// and verifies every replica's credentials. The 30 s housekeeping reload stays as a backstop.
+async fn follow_signing_keys(credentials: Arc<Credentials>, store: Arc<SecretStore>) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = store.subscribe();
+    loop {
+        let reload = match rx.recv().await {
+            Ok(payload) => {
+                serde_json::from_slice::<Vec<crate::secrets::model::ChangeEvent>>(&payload)
+                    .map(|evs| {
+                        evs.iter()
+                            .any(|e| e.path == crate::credential::SIGNING_KEYS_PATH.as_str())
+                    })
+                    .unwrap_or(false)
+            }
+            // missed notifications: one may have been a key change
+            Err(RecvError::Lagged(_)) => true,
+            Err(RecvError::Closed) => return,
+        };
+        if reload {
+            if let Err(e) = credentials.reload().await {
+                tracing::warn!(error = %e, "signing key reload after a change failed");
+            } else {
+                tracing::debug!("signing keys reloaded after a change in the store");
+            }
+        }
+    }
+}
+
 /// Periodic work: pick-up of signing keys other replicas rotated, replay and lease clean-up.
 /// (Signing keys themselves rotate through the rotation scheduler.)
 async fn housekeeping(state: Arc<AppState>) {
@@ -220,6 +250,7 @@ pub struct Daemon {
     reload: Arc<Reloader>,
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
+    key_follower: JoinHandle<()>,
     credentials: Arc<Credentials>,
     sweeper: JoinHandle<()>,
     scheduler: JoinHandle<()>,
@@ -425,6 +456,7 @@ impl Daemon {
             limits: config.limits.clone(),
         });
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
+        let key_follower = tokio::spawn(follow_signing_keys(credentials.clone(), store.clone()));
         let sweeper = tokio::spawn(database_sweeper(databases));
         let scheduler = tokio::spawn(rotation_scheduler(rotator));
 
@@ -559,6 +591,7 @@ impl Daemon {
             reload,
             grace: config.server.shutdown_grace,
             housekeeping,
+            key_follower,
             credentials,
             sweeper,
             scheduler,
@@ -648,6 +681,7 @@ impl Daemon {
             t.abort();
         }
         self.housekeeping.abort();
+        self.key_follower.abort();
         self.sweeper.abort();
         self.scheduler.abort();
         // a stuck store must not keep the daemon from exiting: each final write is bounded

@@ -107,6 +107,11 @@ pub struct StoreStats {
 pub trait Storage: Send + Sync + 'static {
     /// A short name for logs and metrics ("sled", "postgres").
     fn backend(&self) -> &'static str;
+    /// Whether other keygate processes (replicas) share this store: then nothing may be
+    /// acknowledged that exists only in this process's memory.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Reads one key.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// All keys starting with `prefix`, ascending.

@@ -365,6 +365,10 @@ impl Storage for PgStorage {
         "postgres"
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let stmt = client
