@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod identity;
 pub mod injector;
+pub mod leader;
 pub mod logging;
 pub mod metrics;
 /// The policy model (the `keygate-policy` crate).

@@ -274,8 +274,22 @@ max_ttl_secs = 600
                 .collect::<Vec<_>>()
         }
     };
-    let before = jwks(&daemons[1]).await;
-    let rotated = pb::admin_client::AdminClient::new(env.admin_channel(&daemons[0]).await)
+    // key rotation is the leader's: wait for a survivor to take over from the killed r1
+    let t = Instant::now();
+    let leader = loop {
+        let l = admin_info(&env, &daemons[0])["leader"].clone();
+        if l == "r2" {
+            break 0;
+        }
+        if l == "r3" {
+            break 1;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no survivor leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let other = 1 - leader;
+    let before = jwks(&daemons[other]).await;
+    let rotated = pb::admin_client::AdminClient::new(env.admin_channel(&daemons[leader]).await)
         .rotate_signing_key(pb::RotateSigningKeyRequest::default())
         .await
         .unwrap()
@@ -288,7 +302,7 @@ max_ttl_secs = 600
         .expect("a new kid")
         .clone();
     loop {
-        if jwks(&daemons[1]).await.contains(&new_kid) {
+        if jwks(&daemons[other]).await.contains(&new_kid) {
             break;
         }
         assert!(
@@ -301,9 +315,135 @@ max_ttl_secs = 600
         "new signing key on another replica's JWKS after {:?}",
         t.elapsed()
     );
-    let fresh = exchange(&chans[1], &token("jti-5")).await.unwrap();
-    read_as(&chans[2], &fresh.access_token).await.unwrap();
+    let fresh = exchange(&chans[1 + leader], &token("jti-5")).await.unwrap();
+    read_as(&chans[1 + other], &fresh.access_token)
+        .await
+        .unwrap();
     for d in daemons {
+        assert_eq!(d.stop(), 0);
+    }
+    pg::drop_database(&db).await;
+}
+
+fn admin_info(env: &TestEnv, d: &Daemon) -> serde_json::Value {
+    let out = env.cli(d, &["admin", "info", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+async fn rotation_status(env: &TestEnv, d: &Daemon, path: &str) -> pb::RotationStatus {
+    pb::admin_client::AdminClient::new(env.admin_channel(d).await)
+        .get_rotation_status(pb::RotationStatusRequest {
+            prefix: path.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rotations
+        .into_iter()
+        .find(|s| s.path == path)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_leader_rotates_and_a_survivor_takes_over_and_resumes_the_rotation_once() {
+    let env = TestEnv::new();
+    env.append_config(
+        r#"
+[[rotations]]
+path = "app/rot"
+every = "1h"
+
+[rotations.fields.password]
+generator = "password"
+length = 24
+"#,
+    );
+    let (db, url) = pg::fresh_database().await;
+    // r1 starts first and leads; it is built to die right after a rotation's first step
+    let r1 = env.start_config_with(
+        &env.replica_config("r1", &url),
+        &[("KEYGATE_FAULT_INJECT", "rotation-crash-after-pending")],
+    );
+    let t = Instant::now();
+    while admin_info(&env, &r1)["leader"] != "r1" {
+        assert!(t.elapsed() < Duration::from_secs(10), "r1 never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r2 = env.start_config(&env.replica_config("r2", &url));
+    let r3 = env.start_config(&env.replica_config("r3", &url));
+    for d in [&r2, &r3] {
+        let info = admin_info(&env, d);
+        assert_eq!(info["backend"], "postgres");
+        assert_eq!(info["schema_version"], 1);
+        assert_eq!(info["leader"], "r1");
+    }
+    assert_eq!(admin_info(&env, &r2)["node_id"], "r2");
+    // a follower does not rotate: it says which replica does (UNAVAILABLE: a client with
+    // several addresses moves on)
+    let e = pb::admin_client::AdminClient::new(env.admin_channel(&r2).await)
+        .rotate_secret(pb::RotateSecretRequest {
+            path: "app/rot".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(e.message().contains("r1"), "{}", e.message());
+    let first = rotation_status(&env, &r2, "app/rot").await;
+    // the leader rotates and dies after the pending step (its process aborts)
+    let _ = pb::admin_client::AdminClient::new(env.admin_channel(&r1).await)
+        .rotate_secret(pb::RotateSecretRequest {
+            path: "app/rot".into(),
+        })
+        .await;
+    let mut r1 = r1;
+    let died = Instant::now();
+    let code = r1.child.wait().unwrap();
+    assert!(!code.success(), "r1 was to crash after the pending step");
+    assert_eq!(rotation_status(&env, &r2, "app/rot").await.state, "pending");
+    // a survivor takes over within 10 s and finishes the rotation, once
+    let leader = loop {
+        let l = admin_info(&env, &r2)["leader"].clone();
+        if l == "r2" || l == "r3" {
+            break l;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "no survivor led 10 s after the leader died"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let takeover = died.elapsed();
+    // r3 sees the same leader by its next lease round
+    let t = Instant::now();
+    while admin_info(&env, &r3)["leader"] != leader {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "r3 does not see the new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = loop {
+        let s = rotation_status(&env, &r3, "app/rot").await;
+        if s.state == "idle" && s.rotations > first.rotations {
+            break s;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(20),
+            "rotation not resumed: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done.rotations, first.rotations + 1, "resumed exactly once");
+    assert_eq!(done.current_version, first.current_version + 1);
+    println!(
+        "leader killed -> {leader} leads after {takeover:?}; rotation resumed and completed once"
+    );
+    for d in [r2, r3] {
         assert_eq!(d.stop(), 0);
     }
     pg::drop_database(&db).await;

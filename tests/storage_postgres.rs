@@ -214,3 +214,36 @@ fn a_password_in_the_url_is_refused() {
     .unwrap_err();
     assert!(!e.to_string().contains("hunter2"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_in_the_change_log_is_announced_not_skipped_silently() {
+    let (db, url) = pg::fresh_database().await;
+    let b = PgStorage::open(&config(&url)).await.unwrap();
+    let mut rx = b.subscribe();
+    // rows pruned while a replica was cut off: the next row it finds is not the one it expects
+    let c = pg::connect(&url).await.unwrap();
+    c.batch_execute(
+        "UPDATE keygate_change_seq SET seq = seq + 2 WHERE id = 1;
+         INSERT INTO keygate_changes (seq, payload)
+             SELECT seq, 'after-gap'::bytea FROM keygate_change_seq WHERE id = 1;
+         NOTIFY keygate_changes;",
+    )
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first,
+        keygate::storage::RESYNC,
+        "the gap is announced first"
+    );
+    let next = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next, b"after-gap");
+    drop(b);
+    pg::drop_database(&db).await;
+}

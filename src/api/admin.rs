@@ -113,6 +113,8 @@ impl pb::admin_server::Admin for AdminApi {
                 storage_backend: self.state.store.storage().backend().to_string(),
                 kek_id: self.state.store.kek_id().await,
                 secrets: self.state.store.count().await?,
+                schema_version: self.state.store.storage().schema_version(),
+                leader: self.state.leadership.view().leader.unwrap_or_default(),
             })
         }
         .await;

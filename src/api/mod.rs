@@ -69,6 +69,8 @@ pub struct AppState {
     pub databases: Arc<crate::database::Databases>,
     /// Scheduled rotation.
     pub rotator: Arc<crate::rotation::Rotator>,
+    /// Which replica leads (runs the once-only work).
+    pub leadership: Arc<crate::leader::Leadership>,
     /// Limits on caller-controlled fields.
     pub limits: limits::Limits,
 }
@@ -175,6 +177,8 @@ impl ApiError {
                     R::Invalid(_) => Status::invalid_argument(e.to_string()),
                     R::Step { .. } => Status::failed_precondition(e.to_string()),
                     R::Audit => Status::unavailable(e.to_string()),
+                    // a client with several addresses moves on to the next replica
+                    R::NotLeader(_) => Status::unavailable(e.to_string()),
                     R::Secrets(s) => secrets_status(s),
                     R::Storage(StorageError::Conflict) => {
                         Status::aborted("concurrent change; retry")

@@ -339,6 +339,13 @@ async fn forward_events(
             _ = tx.closed() => return,
         };
         match next {
+            Ok(payload) if payload == crate::storage::RESYNC => {
+                let st = Status::data_loss(
+                    "this replica missed changes while cut off from the database; re-read the secrets and watch again",
+                );
+                let _ = tx.send(Err(st)).await;
+                return;
+            }
             Ok(payload) => {
                 if let Ok(r) = serde_json::from_slice::<crate::credential::lease::Revoked>(&payload)
                 {

@@ -375,16 +375,38 @@ pub async fn reload(conn: &Conn) -> anyhow::Result<()> {
 }
 
 /// `keygate admin info`.
-pub async fn info(conn: &Conn) -> anyhow::Result<()> {
+pub async fn info(conn: &Conn, json: bool) -> anyhow::Result<()> {
     let mut c = pb::admin_client::AdminClient::new(connect(conn).await?);
     let r = c
         .server_info(pb::ServerInfoRequest {})
         .await
         .map_err(status_error)?
         .into_inner();
+    let leader = (!r.leader.is_empty()).then_some(r.leader.clone());
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "version": r.version,
+                "node_id": r.node_id,
+                "backend": r.storage_backend,
+                "schema_version": r.schema_version,
+                "leader": leader,
+                "kek_id": r.kek_id,
+                "secrets": r.secrets,
+            })
+        );
+        return Ok(());
+    }
     println!(
-        "version  {}\nnode_id  {}\nstorage  {}\nkek_id   {}\nsecrets  {}",
-        r.version, r.node_id, r.storage_backend, r.kek_id, r.secrets
+        "version         {}\nnode_id         {}\nstorage         {}\nschema_version  {}\nleader          {}\nkek_id          {}\nsecrets         {}",
+        r.version,
+        r.node_id,
+        r.storage_backend,
+        r.schema_version,
+        leader.as_deref().unwrap_or("(none)"),
+        r.kek_id,
+        r.secrets
     );
     Ok(())
 }

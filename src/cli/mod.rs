@@ -394,8 +394,13 @@ enum AdminCommand {
     },
     /// Make the daemon re-read its config file.
     Reload,
-    /// Show the daemon's version, node id, backend and KEK id.
-    Info,
+    /// Show the daemon's version, node id, backend, schema version, leader and KEK id.
+    Info {
+        /// Print JSON (keys `version`, `node_id`, `backend`, `schema_version`, `leader` (null
+        /// when none), `kek_id`, `secrets`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Explain which roles a platform token gets, and why not the others.
     Explain {
         /// File holding the token (`-` for stdin).
@@ -668,7 +673,7 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Admin { command, conn } => match command {
             AdminCommand::RotateKek { new_kek } => rotate_kek(&conn, &new_kek).await,
             AdminCommand::Reload => reload(&conn).await,
-            AdminCommand::Info => info(&conn).await,
+            AdminCommand::Info { json } => info(&conn, json).await,
             AdminCommand::Explain { token, role, json } => {
                 explain(&conn, &token, role.as_deref(), json).await
             }

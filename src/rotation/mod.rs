@@ -62,6 +62,9 @@ pub enum RotationError {
     /// The audit record could not be written: the step did not run.
     #[error("audit log unavailable: rotation step not taken")]
     Audit,
+    /// On a shared store, rotations run on the leader replica only.
+    #[error("rotations run on the leader replica ({}); send the request there", .0.as_deref().unwrap_or("none elected yet"))]
+    NotLeader(Option<String>),
 }
 
 /// One path's rotation, as `keygate admin rotation status` shows it.
@@ -147,6 +150,7 @@ pub struct Rotator {
     configured: RwLock<Arc<Vec<Policy>>>,
     running: Mutex<HashSet<String>>,
     crash_after: Option<String>,
+    leadership: std::sync::OnceLock<Arc<crate::leader::Leadership>>,
     system: RwLock<Vec<Arc<dyn SystemKey>>>,
     /// API policies as stored → as checked.
     api_parsed: Mutex<ApiPolicies>,
@@ -196,8 +200,43 @@ impl Rotator {
             configured: RwLock::new(Arc::new(configured)),
             running: Mutex::new(HashSet::new()),
             crash_after: crash_point(),
+            leadership: std::sync::OnceLock::new(),
             system: RwLock::new(Vec::new()),
             api_parsed: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Runs rotations under `leadership`: on a shared store only the leader rotates, and every
+    /// state-machine step it commits is fenced by its term.
+    pub fn set_leadership(&self, leadership: Arc<crate::leader::Leadership>) {
+        let _ = self.leadership.set(leadership);
+    }
+
+    /// The leader's term when this replica must fence its steps (shared store), `Ok(None)`
+    /// when no fencing applies (a store no other replica shares).
+    fn fencing_term(&self) -> Result<Option<u64>, RotationError> {
+        match self.leadership.get() {
+            Some(l) if self.store.storage().shared() => match l.term() {
+                Some(t) => Ok(Some(t)),
+                None => Err(RotationError::NotLeader(l.view().leader)),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    /// A state commit, fenced by the leader's term on a shared store (a deposed leader's step
+    /// conflicts and is not taken).
+    fn state_txn(
+        &self,
+        path: &str,
+        old_raw: Option<Vec<u8>>,
+        new: &RotationState,
+    ) -> Result<Txn, StorageError> {
+        let txn = state::txn(path, old_raw, new)?;
+        match self.fencing_term() {
+            Ok(Some(term)) => Ok(crate::leader::Leadership::fence(txn, term)),
+            Ok(None) => Ok(txn),
+            Err(_) => Err(StorageError::Conflict),
         }
     }
 
@@ -363,6 +402,10 @@ impl Rotator {
     /// One scheduler pass: ends overlaps, resumes unfinished rotations, runs due ones (a run
     /// missed while the daemon was down runs once), schedules new policies.
     pub async fn tick(&self) -> Result<usize, RotationError> {
+        if self.fencing_term().is_err() {
+            // a follower: the leader schedules
+            return Ok(0);
+        }
         let mut ran = 0;
         for p in self.policies().await? {
             if let Ok(Some(v)) = self.store.end_overlap(&p.path).await {
@@ -395,7 +438,7 @@ impl Rotator {
                             let _ = self
                                 .store
                                 .storage()
-                                .commit(state::txn(&p.path, raw, &s)?)
+                                .commit(self.state_txn(&p.path, raw, &s)?)
                                 .await;
                             None
                         } else {
@@ -433,6 +476,7 @@ impl Rotator {
         path: &SecretPath,
         trigger: Trigger,
     ) -> Result<RotationState, RotationError> {
+        self.fencing_term()?;
         let p = self.policy(path).await?;
         // the scheduler skips a path that is being rotated; an operator's "rotate now" waits
         // for the run in flight (up to 30 s) and then rotates again
@@ -617,7 +661,7 @@ impl Rotator {
             retry_at: None,
             ..st
         };
-        let with = state::txn(&p.path, raw, &new)?;
+        let with = self.state_txn(&p.path, raw, &new)?;
         match self.store.stage(&p.path, &fields, from, with).await {
             Ok(v) if v == next_version => {}
             Ok(v) => {
@@ -677,7 +721,7 @@ impl Rotator {
                     match self
                         .store
                         .storage()
-                        .commit(state::txn(&p.path, raw, &new)?)
+                        .commit(self.state_txn(&p.path, raw, &new)?)
                         .await
                     {
                         Ok(()) => self.crash_if(next.name()),
@@ -778,7 +822,7 @@ impl Rotator {
             rotations: st.rotations + 1,
             ..st
         };
-        let with = state::txn(&p.path, raw, &new)?;
+        let with = self.state_txn(&p.path, raw, &new)?;
         match self
             .store
             .promote(&p.path, version, p.overlap_secs * 1000, with)
@@ -790,7 +834,7 @@ impl Rotator {
                 let (raw, _) = state::load(self.store.storage().as_ref(), &p.path).await?;
                 self.store
                     .storage()
-                    .commit(state::txn(&p.path, raw, &new)?)
+                    .commit(self.state_txn(&p.path, raw, &new)?)
                     .await?;
             }
             Err(SecretsError::Storage(StorageError::Conflict)) => {
@@ -845,7 +889,7 @@ impl Rotator {
         };
         self.store
             .storage()
-            .commit(state::txn(&p.path, raw, &new)?)
+            .commit(self.state_txn(&p.path, raw, &new)?)
             .await?;
         Err(RotationError::Step {
             path: p.path.clone(),
@@ -871,7 +915,7 @@ impl Rotator {
         let _ = self
             .store
             .storage()
-            .commit(state::txn(&p.path, raw, &new)?)
+            .commit(self.state_txn(&p.path, raw, &new)?)
             .await;
         Err(RotationError::Step {
             path: p.path.clone(),
@@ -930,12 +974,12 @@ impl Rotator {
             )),
             ..st
         };
-        let with = state::txn(&p.path, raw.clone(), &new)?;
+        let with = self.state_txn(&p.path, raw.clone(), &new)?;
         if !self.store.discard_pending(&p.path, version, with).await? {
             // nothing pending any more (discarded before a crash): settle the state alone
             self.store
                 .storage()
-                .commit(state::txn(&p.path, raw, &new)?)
+                .commit(self.state_txn(&p.path, raw, &new)?)
                 .await?;
         }
         tracing::error!(path = %p.path, version, error = %message, "rotation rolled back");

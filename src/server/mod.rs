@@ -167,6 +167,7 @@ async fn follow_signing_keys(credentials: Arc<Credentials>, store: Arc<SecretSto
     let mut rx = store.subscribe();
     loop {
         let reload = match rx.recv().await {
+            Ok(payload) if payload == crate::storage::RESYNC => true,
             Ok(payload) => {
                 serde_json::from_slice::<Vec<crate::secrets::model::ChangeEvent>>(&payload)
                     .map(|evs| {
@@ -198,6 +199,10 @@ async fn housekeeping(state: Arc<AppState>) {
         if let Err(e) = state.credentials.reload().await {
             tracing::warn!(error = %e, "signing key reload failed");
         }
+        // the sweeps run once for all replicas: on the leader
+        if !state.leadership.is_leader() {
+            continue;
+        }
         if let Err(e) = state.trust().verifier.sweep_replay().await {
             tracing::warn!(error = %e, "replay store sweep failed");
         }
@@ -209,12 +214,13 @@ async fn housekeeping(state: Arc<AppState>) {
 
 /// Drops database users whose leases are revoked or expired: at start (leases that expired
 /// while the daemon was down) and then every second.
-async fn database_sweeper(databases: Arc<Databases>) {
+async fn database_sweeper(databases: Arc<Databases>, leadership: Arc<crate::leader::Leadership>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if !databases.any() {
+        // once for all replicas: on the leader
+        if !databases.any() || !leadership.is_leader() {
             continue;
         }
         match databases.sweep().await {
@@ -251,6 +257,8 @@ pub struct Daemon {
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
     key_follower: JoinHandle<()>,
+    leader_task: JoinHandle<()>,
+    leadership: Arc<crate::leader::Leadership>,
     credentials: Arc<Credentials>,
     sweeper: JoinHandle<()>,
     scheduler: JoinHandle<()>,
@@ -418,6 +426,12 @@ impl Daemon {
             Some(audit.clone()),
             config.rotations.clone(),
         ));
+        let leadership = Arc::new(crate::leader::Leadership::new(
+            store.storage().clone(),
+            clock.clone(),
+            config.server.node_id.clone(),
+        ));
+        rotator.set_leadership(leadership.clone());
         // keygate's own signing keys rotate through the same state machine
         rotator.register_system(credentials.clone());
         rotator.register_system(Arc::new(
@@ -453,11 +467,13 @@ impl Daemon {
             audit_keys,
             databases: databases.clone(),
             rotator: rotator.clone(),
+            leadership: leadership.clone(),
             limits: config.limits.clone(),
         });
+        let leader_task = tokio::spawn(leadership.clone().run());
         let housekeeping = tokio::spawn(housekeeping(state.clone()));
         let key_follower = tokio::spawn(follow_signing_keys(credentials.clone(), store.clone()));
-        let sweeper = tokio::spawn(database_sweeper(databases));
+        let sweeper = tokio::spawn(database_sweeper(databases, leadership.clone()));
         let scheduler = tokio::spawn(rotation_scheduler(rotator));
 
         let accepting = Arc::new(AtomicBool::new(true));
@@ -592,6 +608,8 @@ impl Daemon {
             grace: config.server.shutdown_grace,
             housekeeping,
             key_follower,
+            leader_task,
+            leadership,
             credentials,
             sweeper,
             scheduler,
@@ -684,6 +702,9 @@ impl Daemon {
         self.key_follower.abort();
         self.sweeper.abort();
         self.scheduler.abort();
+        self.leader_task.abort();
+        // another replica takes over at once instead of after the lease expires
+        let _ = tokio::time::timeout(FINAL_FLUSH, self.leadership.resign()).await;
         // a stuck store must not keep the daemon from exiting: each final write is bounded
         let budget = FINAL_FLUSH;
         // leases written behind: commit them before the final flush

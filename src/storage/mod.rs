@@ -23,6 +23,11 @@ use tokio::sync::broadcast;
 pub use postgres::PgStorage;
 pub use sled_store::SledStorage;
 
+/// Delivered to subscribers in place of changes that were lost (a replica cut off from a
+/// shared store for longer than its change log keeps them): a subscriber that shows changes to
+/// clients must end its streams with an error so they re-read.
+pub const RESYNC: &[u8] = b"keygate:resync";
+
 /// What a storage operation can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -111,6 +116,10 @@ pub trait Storage: Send + Sync + 'static {
     /// acknowledged that exists only in this process's memory.
     fn shared(&self) -> bool {
         false
+    }
+    /// The schema version of a backend with one (0: none).
+    fn schema_version(&self) -> i32 {
+        0
     }
     /// Reads one key.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;

@@ -138,6 +138,12 @@ impl TestEnv {
             .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
     }
 
+    /// Like [`TestEnv::start_config`], with extra environment variables.
+    pub fn start_config_with(&self, config: &Path, vars: &[(&str, &str)]) -> Daemon {
+        self.try_start_config(config, vars)
+            .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
     fn try_start_with(&self, vars: &[(&str, &str)]) -> Result<Daemon, String> {
         let config = self.paths.config.clone();
         self.try_start_config(&config, vars)

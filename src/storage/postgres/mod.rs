@@ -269,11 +269,6 @@ impl PgStorage {
         })
     }
 
-    /// The schema version in the database.
-    pub fn schema_version(&self) -> i32 {
-        self.schema_version
-    }
-
     /// The last change-log number this replica delivered to its subscribers.
     pub fn delivered(&self) -> i64 {
         self.delivered.load(Ordering::Relaxed)
@@ -367,6 +362,10 @@ impl Storage for PgStorage {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn schema_version(&self) -> i32 {
+        self.schema_version
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
@@ -539,8 +538,9 @@ async fn catch_up(
                 tracing::error!(
                     expected = delivered.load(Ordering::Relaxed) + 1,
                     found = seq,
-                    "change log has a gap (rows pruned while this replica was cut off): some changes were not delivered"
+                    "change log has a gap (rows pruned while this replica was cut off): open Watch streams are ended so their clients re-read"
                 );
+                let _ = events.send(super::RESYNC.to_vec());
             }
             // no subscriber is not an error
             let _ = events.send(r.get(1));
