@@ -110,6 +110,58 @@ async fn writes_through_one_replica_are_read_and_watched_through_the_others() {
     for d in [a, b, c] {
         assert_eq!(d.stop(), 0);
     }
+    // one signed chain per replica, each record naming its node; verified together
+    let dirs: Vec<std::path::PathBuf> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| env.paths.dir.join(format!("audit-{n}")))
+        .collect();
+    let verify = |extra: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(["audit", "verify"])
+            .args(&dirs)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = verify(&["--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true);
+    for (chain, n) in v["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(["r1", "r2", "r3"])
+    {
+        assert_eq!(chain["ok"], true, "{chain}");
+        assert_eq!(chain["nodes"], serde_json::json!([n]), "{chain}");
+        assert!(chain["records"].as_u64().unwrap() > 2, "{chain}");
+    }
+    // r1 served the 20 writes: its chain holds more than the others
+    assert!(v["chains"][0]["records"].as_u64() > v["chains"][2]["records"].as_u64());
+    // one tampered chain fails the whole verification and is named
+    let seg = std::fs::read_dir(&dirs[1])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .unwrap();
+    let text = std::fs::read_to_string(&seg).unwrap();
+    std::fs::write(&seg, text.replacen("\"node\":\"r2\"", "\"node\":\"rX\"", 1)).unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{}: FAULT", dirs[1].display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{}: OK", dirs[0].display())),
+        "{text}"
+    );
     pg::drop_database(&db).await;
 }
 

@@ -8,33 +8,82 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 /// `keygate audit verify`: exit 0 when whole and signed, 1 on any fault.
-pub fn verify(dir: &Path, pubkey: Option<&Path>) -> i32 {
+pub fn verify(dirs: &[std::path::PathBuf], pubkey: Option<&Path>, json: bool) -> i32 {
+    if dirs.len() > 1 && pubkey.is_some() {
+        eprintln!(
+            "error: --pubkey applies to one directory; with several, each DIR/audit.pub is used"
+        );
+        return 2;
+    }
+    let mut chains = Vec::new();
+    let mut all_ok = true;
+    for dir in dirs {
+        let outcome = verify_one(dir, pubkey);
+        all_ok &= outcome.is_ok();
+        // the replicas whose records the chain holds (one, normally)
+        let mut nodes: Vec<String> = all_lines(dir)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["node"].as_str().map(str::to_string))
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        if !json {
+            let prefix = if dirs.len() > 1 {
+                format!("{}: ", dir.display())
+            } else {
+                String::new()
+            };
+            match &outcome {
+                Ok(r) => println!(
+                    "{prefix}OK: {} records in {} segment(s), {} signed checkpoints, {} checkpoint-key rotation(s), last seq {}{}",
+                    r.records,
+                    r.segments,
+                    r.checkpoints,
+                    r.key_rotations,
+                    r.last_seq,
+                    if nodes.is_empty() { String::new() } else { format!(", node {}", nodes.join(",")) }
+                ),
+                Err(f) => println!("{prefix}FAULT: {f}"),
+            }
+        }
+        chains.push(match outcome {
+            Ok(r) => serde_json::json!({
+                "dir": dir.display().to_string(),
+                "ok": true,
+                "nodes": nodes,
+                "records": r.records,
+                "segments": r.segments,
+                "checkpoints": r.checkpoints,
+                "key_rotations": r.key_rotations,
+                "last_seq": r.last_seq,
+                "fault": null,
+            }),
+            Err(f) => serde_json::json!({
+                "dir": dir.display().to_string(),
+                "ok": false,
+                "nodes": nodes,
+                "fault": f,
+            }),
+        });
+    }
+    if json {
+        println!("{}", serde_json::json!({ "ok": all_ok, "chains": chains }));
+    }
+    i32::from(!all_ok)
+}
+
+/// One chain: its report, or the fault in words.
+fn verify_one(dir: &Path, pubkey: Option<&Path>) -> Result<super::verify::Report, String> {
     let pk_path = pubkey
         .map(Path::to_path_buf)
         .unwrap_or_else(|| dir.join("audit.pub"));
-    let pk = match std::fs::read_to_string(&pk_path)
+    let pk = std::fs::read_to_string(&pk_path)
         .map_err(|e| e.to_string())
         .and_then(|t| B64.decode(t.trim()).map_err(|e| e.to_string()))
-    {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("error: public key {}: {e}", pk_path.display());
-            return 1;
-        }
-    };
-    match super::verify::verify(dir, &pk) {
-        Ok(r) => {
-            println!(
-                "OK: {} records in {} segment(s), {} signed checkpoints, {} checkpoint-key rotation(s), last seq {}",
-                r.records, r.segments, r.checkpoints, r.key_rotations, r.last_seq
-            );
-            0
-        }
-        Err(f) => {
-            println!("FAULT: {f}");
-            1
-        }
-    }
+        .map_err(|e| format!("public key {}: {e}", pk_path.display()))?;
+    super::verify::verify(dir, &pk).map_err(|f| f.to_string())
 }
 
 fn all_lines(dir: &Path) -> anyhow::Result<Vec<String>> {

@@ -323,13 +323,19 @@ fn load_options(
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
-    /// Walk every segment: OK with counts, or the first bad sequence number (exit 1).
+    /// Walk every segment of each directory (one chain per replica): OK with counts, or the
+    /// first bad sequence number (exit 1 if any chain is bad).
     Verify {
-        /// The audit directory.
-        dir: PathBuf,
-        /// Ed25519 public key (base64) to check checkpoints with; default DIR/audit.pub.
+        /// Audit directories, one per replica.
+        #[arg(required = true, num_args = 1..)]
+        dirs: Vec<PathBuf>,
+        /// Ed25519 public key (base64) to check checkpoints with; default DIR/audit.pub. Only
+        /// with a single directory.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// Print JSON: every chain with its directory, node ids and counts.
+        #[arg(long)]
+        json: bool,
     },
     /// Print records as JSON lines (`--follow` keeps reading new ones).
     Tail {
@@ -661,8 +667,8 @@ pub async fn run(cli: Cli) -> i32 {
             Err(e) => Err(e),
         },
         Command::Audit { command } => match command {
-            AuditCommand::Verify { dir, pubkey } => {
-                return crate::audit::cli::verify(&dir, pubkey.as_deref())
+            AuditCommand::Verify { dirs, pubkey, json } => {
+                return crate::audit::cli::verify(&dirs, pubkey.as_deref(), json)
             }
             AuditCommand::Tail { dir, lines, follow } => {
                 crate::audit::cli::tail(&dir, lines, follow).await
