@@ -1,4 +1,5 @@
 //! A gRPC channel to the daemon over TLS (mTLS when a client certificate is given).
+pub use crate::failover::Failover;
 use crate::pb;
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -9,7 +10,9 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 /// How the CLI reaches a daemon (the Vault CLI convention: flags or `KEYGATE_*` variables).
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
-    /// Daemon address, e.g. https://127.0.0.1:8443.
+    /// Daemon address, e.g. https://127.0.0.1:8443; several replicas separated by commas
+    /// (https://a:8443,https://b:8443) are tried in order, moving on when one cannot be reached
+    /// or answers UNAVAILABLE.
     #[arg(
         long,
         env = "KEYGATE_ADDR",
@@ -31,25 +34,52 @@ pub struct Conn {
     pub credential: Option<String>,
 }
 
-/// Connects to the daemon named by `conn`.
-pub async fn connect(conn: &Conn) -> anyhow::Result<Channel> {
+/// Connects to the daemons named by `conn` (`--addr`/`KEYGATE_ADDR`: one address, or several
+/// separated by commas, tried in order for every call; see [`Failover`]).
+pub async fn connect(conn: &Conn) -> anyhow::Result<Failover> {
     crate::tls::install_crypto_provider();
-    let uri: http::Uri = conn
+    let addrs: Vec<&str> = conn
         .addr
-        .parse()
-        .with_context(|| format!("KEYGATE_ADDR {:?} is not a URL", conn.addr))?;
-    if uri.scheme_str() != Some("https") {
-        return Err(anyhow!(
-            "KEYGATE_ADDR must be an https:// URL (got {:?})",
-            conn.addr
-        ));
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    if addrs.is_empty() {
+        return Err(anyhow!("KEYGATE_ADDR names no address"));
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| anyhow!("KEYGATE_ADDR has no host"))?
-        .trim_matches(['[', ']'])
-        .to_string();
-    let mut tls = ClientTlsConfig::new().domain_name(host);
+    let tls = client_tls(conn)?;
+    let mut channels = Vec::new();
+    for addr in &addrs {
+        let uri: http::Uri = addr
+            .parse()
+            .with_context(|| format!("KEYGATE_ADDR {addr:?} is not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(anyhow!("KEYGATE_ADDR must be https:// URLs (got {addr:?})"));
+        }
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow!("KEYGATE_ADDR {addr:?} has no host"))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let endpoint = Channel::builder(uri)
+            .tls_config(tls.clone().domain_name(host))
+            .context("TLS configuration")?;
+        let ch = if addrs.len() == 1 {
+            // one address: say at once why it cannot be reached
+            endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {addr}"))?
+        } else {
+            endpoint.connect_lazy()
+        };
+        channels.push((addr.to_string(), ch));
+    }
+    Ok(Failover::new(channels))
+}
+
+fn client_tls(conn: &Conn) -> anyhow::Result<ClientTlsConfig> {
+    let mut tls = ClientTlsConfig::new();
     match &conn.cacert {
         Some(ca) => {
             let pem = std::fs::read(ca)
@@ -77,12 +107,7 @@ pub async fn connect(conn: &Conn) -> anyhow::Result<Channel> {
             ))
         }
     }
-    Channel::builder(uri)
-        .tls_config(tls)
-        .context("TLS configuration")?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", conn.addr))
+    Ok(tls)
 }
 
 /// A gRPC status as a one-line CLI error.
@@ -104,7 +129,7 @@ impl tonic::service::Interceptor for Auth {
 }
 
 /// A channel plus the credential interceptor.
-pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Auth>;
+pub type Authed = tonic::service::interceptor::InterceptedService<Failover, Auth>;
 
 /// The `authorization` interceptor for a credential (none: no header).
 pub fn auth_for(credential: Option<&str>) -> anyhow::Result<Auth> {
@@ -144,7 +169,7 @@ pub fn env_suffix(field: &str) -> String {
 /// Reads the current version of every path concurrently over one channel: path → fields.
 /// The first failure is the error, naming its path.
 pub async fn fetch_all<'a>(
-    ch: &tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
+    ch: &Authed,
     paths: impl Iterator<Item = &'a str>,
 ) -> anyhow::Result<BTreeMap<String, std::collections::HashMap<String, Vec<u8>>>> {
     let gets = paths.map(|p| {

@@ -500,3 +500,91 @@ length = 24
     }
     pg::drop_database(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_under_load_costs_clients_with_several_addresses_no_error() {
+    let env = TestEnv::new();
+    let (db, url) = pg::fresh_database().await;
+    let mut daemons: Vec<Daemon> = ["r1", "r2", "r3"]
+        .iter()
+        .map(|n| env.start_config(&env.replica_config(n, &url)))
+        .collect();
+    let addrs = daemons
+        .iter()
+        .map(|d| format!("https://{}", d.grpc))
+        .collect::<Vec<_>>()
+        .join(",");
+    let conn = keygate::client::Conn {
+        addr: addrs.clone(),
+        cacert: Some(env.paths.ca.clone()),
+        client_cert: Some(env.paths.admin_cert.clone()),
+        client_key: Some(env.paths.admin_key.clone()),
+        credential: None,
+    };
+    let ch = keygate::client::connect(&conn).await.unwrap();
+    SecretsClient::new(ch.clone())
+        .put(put("app/load", "v"))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (ch, stop) = (ch.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut errors) = (0u64, Vec::new());
+            let mut c = SecretsClient::new(ch);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match c
+                    .get(pb::GetSecretRequest {
+                        path: "app/load".into(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(_) => ok += 1,
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ok, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // the first address (where every call goes first) dies under load
+    daemons.remove(0).kill9();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut errors) = (0, Vec::new());
+    for t in tasks {
+        let (o, e) = t.await.unwrap();
+        ok += o;
+        errors.extend(e);
+    }
+    println!(
+        "reads through {addrs}: {ok} ok, {} errors, r1 killed midway",
+        errors.len()
+    );
+    assert!(
+        errors.is_empty(),
+        "clients saw errors: {:?}",
+        &errors[..errors.len().min(5)]
+    );
+    assert!(ok > 100, "{ok}");
+    // the CLI takes the same list: the dead first address is skipped
+    let out = std::process::Command::new(BIN)
+        .args(["get", "app/load"])
+        .env("KEYGATE_ADDR", &addrs)
+        .env("KEYGATE_CACERT", &env.paths.ca)
+        .env("KEYGATE_CLIENT_CERT", &env.paths.admin_cert)
+        .env("KEYGATE_CLIENT_KEY", &env.paths.admin_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for d in daemons {
+        assert_eq!(d.stop(), 0);
+    }
+    pg::drop_database(&db).await;
+}

@@ -7,6 +7,7 @@ pub mod config;
 pub mod render;
 
 use crate::client::Conn;
+use crate::client::Failover as Channel;
 use crate::client::{auth_for, connect, Auth};
 use crate::pb;
 use anyhow::{anyhow, Context};
@@ -16,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 /// Command-line options.

@@ -2,6 +2,7 @@
 //! histograms, closed loop (`--concurrency N`) or open loop at a fixed offered rate (`--rate R`,
 //! latency measured from each request's intended start, so a stalled server is not hidden by
 //! the generator waiting for it — no coordinated omission).
+use crate::client::Failover as Channel;
 use crate::client::{auth_for, Auth};
 use crate::pb;
 use anyhow::{anyhow, Context};
@@ -10,7 +11,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -485,7 +485,7 @@ async fn github_actions_token(
 
 /// Exchanges a platform token for a keygate credential of `role`.
 pub(crate) async fn exchange_token(
-    ch: tonic::transport::Channel,
+    ch: crate::client::Failover,
     role: &str,
     token: &str,
 ) -> anyhow::Result<Zeroizing<String>> {

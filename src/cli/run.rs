@@ -3,7 +3,7 @@
 //! nothing is written to disk and no value is put in argv.
 use super::commands::{exchange_token, platform_token, TokenSource};
 use super::Conn;
-use crate::client::{connect, Auth};
+use crate::client::connect;
 use crate::secrets::path::SecretPath;
 use anyhow::{anyhow, Context};
 use std::collections::{BTreeMap, BTreeSet};
@@ -69,7 +69,7 @@ use crate::client::{env_suffix, fetch_all};
 /// Fetches every path of `plan` (concurrently, one connection) and resolves the variables.
 /// A missing secret or field is an error naming it.
 pub async fn resolve(
-    ch: tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Auth>,
+    ch: crate::client::Authed,
     plan: &Plan,
 ) -> anyhow::Result<BTreeMap<String, Zeroizing<Vec<u8>>>> {
     let paths: BTreeSet<&str> = plan
