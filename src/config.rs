@@ -485,16 +485,21 @@ fn storage_config(raw: RawStorage, ctx: &Ctx<'_>) -> Result<StorageConfig, Confi
                     "backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DB\"",
                 ));
             };
-            let secs = |key: &str, v: Option<String>| -> Result<std::time::Duration, ConfigError> {
-                let s = crate::duration::parse_duration(v.as_deref().unwrap_or("5s"))
+            // defaults: a call fails within 5 s when the database is gone (2 s to get a
+            // connection, 3 s for the statement)
+            let secs = |key: &str,
+                        v: Option<String>,
+                        default: &str|
+             -> Result<std::time::Duration, ConfigError> {
+                let s = crate::duration::parse_duration(v.as_deref().unwrap_or(default))
                     .map_err(|e| ctx.err("storage", key, e))?;
                 if !(1..=300).contains(&s) {
                     return Err(ctx.err("storage", key, "must be between 1s and 5m"));
                 }
                 Ok(std::time::Duration::from_secs(s))
             };
-            let connect_timeout = secs("connect_timeout", raw.connect_timeout)?;
-            let statement_timeout = secs("statement_timeout", raw.statement_timeout)?;
+            let connect_timeout = secs("connect_timeout", raw.connect_timeout, "2s")?;
+            let statement_timeout = secs("statement_timeout", raw.statement_timeout, "3s")?;
             let password_file = raw.password_file.map(|p| ctx.resolve(&p));
             if let Some(p) = &password_file {
                 std::fs::metadata(p).map_err(|e| {

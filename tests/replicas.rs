@@ -588,3 +588,110 @@ async fn a_replica_killed_under_load_costs_clients_with_several_addresses_no_err
     }
     pg::drop_database(&db).await;
 }
+
+async fn set_connectable(db: &str, allowed: bool) {
+    let c = pg::admin().await;
+    c.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS {allowed}"))
+        .await
+        .unwrap();
+    if !allowed {
+        c.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+async fn ready(env: &TestEnv, d: &Daemon) -> bool {
+    https_get(env, d.http, "/readyz").await.0 == 200
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serve_again() {
+    let env = TestEnv::new();
+    let (db, url) = pg::fresh_database().await;
+    let r1 = env.start_config(&env.replica_config("r1", &url));
+    let r2 = env.start_config(&env.replica_config("r2", &url));
+    let value = marker("outage");
+    SecretsClient::new(env.admin_channel(&r1).await)
+        .put(put("app/kept", &value))
+        .await
+        .unwrap();
+    assert!(ready(&env, &r2).await);
+    let mut c2 = SecretsClient::new(env.admin_channel(&r2).await);
+
+    // the database goes away (no connection accepted, every open one ended)
+    set_connectable(&db, false).await;
+    let down = Instant::now();
+    while ready(&env, &r2).await {
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "r2 still ready 10 s into the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let unready_after = down.elapsed();
+    let t = Instant::now();
+    let e = c2
+        .get(pb::GetSecretRequest {
+            path: "app/kept".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    let answered = t.elapsed();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+    assert!(
+        answered < Duration::from_secs(5),
+        "UNAVAILABLE after {answered:?}"
+    );
+    println!("database down: r2 not ready after {unready_after:?}; a read answered UNAVAILABLE in {answered:?}");
+
+    // a replica started during the outage waits for the database instead of exiting
+    let r3_config = env.replica_config("r3", &url);
+    let (r3, back_ready) = tokio::task::block_in_place(|| {
+        std::thread::scope(|s| {
+            let starting = s.spawn(|| env.start_config(&r3_config));
+            std::thread::sleep(Duration::from_secs(3));
+            assert!(
+                !starting.is_finished(),
+                "r3 must neither exit nor serve while the database is down"
+            );
+            tokio::runtime::Handle::current().block_on(set_connectable(&db, true));
+            let back = Instant::now();
+            let r3 = starting
+                .join()
+                .expect("r3 came up once the database was back");
+            (r3, back)
+        })
+    });
+    while !ready(&env, &r2).await {
+        assert!(
+            back_ready.elapsed() < Duration::from_secs(10),
+            "r2 not ready 10 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "database back: r2 ready and r3 serving after {:?}",
+        back_ready.elapsed()
+    );
+    // nothing acknowledged before the outage is lost, on any replica
+    for d in [&r1, &r2, &r3] {
+        let got = SecretsClient::new(env.admin_channel(d).await)
+            .get(pb::GetSecretRequest {
+                path: "app/kept".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(got.fields["password"], value.as_bytes());
+    }
+    for d in [r1, r2, r3] {
+        assert_eq!(d.stop(), 0);
+    }
+    pg::drop_database(&db).await;
+}

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Daemon address, `https://…`.
+    /// Daemon address, `https://…`, or several replicas separated by commas (tried in order).
     pub addr: String,
     /// CA of the daemon's certificate.
     pub cacert: PathBuf,
@@ -147,8 +147,13 @@ impl AgentConfig {
 
     /// Checks names, modes and signals.
     pub fn check(&self) -> Result<(), String> {
-        if !self.addr.starts_with("https://") {
-            return Err("addr must be an https:// URL".into());
+        // one address, or several replicas separated by commas (tried in order)
+        if self
+            .addr
+            .split(',')
+            .any(|a| !a.trim().starts_with("https://"))
+        {
+            return Err("addr must be an https:// URL, or several separated by commas".into());
         }
         if self.role.is_empty() {
             return Err("role is required".into());

@@ -303,7 +303,7 @@ impl Daemon {
     /// Opens the store and starts both listeners.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
-        let signals = Signals::install()?;
+        let mut signals = Signals::install()?;
         let storage: Arc<dyn Storage> = match &config.storage {
             StorageConfig::Sled { path } => Arc::new(SledStorage::open(path).map_err(
                 |source| StartError::Storage {
@@ -311,11 +311,27 @@ impl Daemon {
                     source,
                 },
             )?),
-            StorageConfig::Postgres(pg) => Arc::new(
-                crate::storage::PgStorage::open(pg)
-                    .await
-                    .map_err(StartError::Postgres)?,
-            ),
+            StorageConfig::Postgres(pg) => {
+                // an unreachable database is waited for, not a reason to exit: the process
+                // stays up (not listening, so not ready) until it can open the store
+                let mut delay = std::time::Duration::from_millis(500);
+                loop {
+                    use crate::storage::postgres::PgError;
+                    match crate::storage::PgStorage::open(pg).await {
+                        Ok(s) => break Arc::new(s),
+                        Err(PgError::Unreachable(m)) => {
+                            tracing::warn!(error = %m, retry_in = ?delay, "the database is unreachable; waiting for it (not ready)");
+                            tokio::select! {
+                                _ = tokio::time::sleep(delay) => {}
+                                _ = signals.term.recv() => return Err(StartError::Postgres(PgError::Unreachable(m))),
+                                _ = signals.int.recv() => return Err(StartError::Postgres(PgError::Unreachable(m))),
+                            }
+                            delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                        }
+                        Err(e) => return Err(StartError::Postgres(e)),
+                    }
+                }
+            }
         };
         let kek = kek_from(&config)?;
         // one clock for everything the daemon stamps or checks

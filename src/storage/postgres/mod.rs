@@ -127,6 +127,7 @@ pub struct PgStorage {
     schema_version: i32,
     delivered: Arc<AtomicI64>,
     follower: tokio::task::JoinHandle<()>,
+    op_timeout: Duration,
 }
 
 impl Drop for PgStorage {
@@ -266,12 +267,29 @@ impl PgStorage {
             schema_version,
             delivered,
             follower,
+            // a pooled connection (connect) and the statement (server-bounded) each get theirs
+            op_timeout: cfg.connect_timeout + cfg.statement_timeout,
         })
     }
 
     /// The last change-log number this replica delivered to its subscribers.
     pub fn delivered(&self) -> i64 {
         self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Bounds one storage operation on this side too: a dead connection (a partition) does not
+    /// answer, and the server's statement_timeout cannot end what never reaches it.
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        match tokio::time::timeout(self.op_timeout, op).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Backend(format!(
+                "the database did not answer within {:?}",
+                self.op_timeout
+            ))),
+        }
     }
 
     async fn commit_once(
@@ -369,59 +387,68 @@ impl Storage for PgStorage {
     }
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let stmt = client
-            .prepare_cached("SELECT v FROM keygate_kv WHERE k = $1")
-            .await
-            .map_err(|e| backend(&e))?;
-        let row = client
-            .query_opt(&stmt, &[&key])
-            .await
-            .map_err(|e| backend(&e))?;
-        Ok(row.map(|r| r.get(0)))
+        self.bounded(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("SELECT v FROM keygate_kv WHERE k = $1")
+                .await
+                .map_err(|e| backend(&e))?;
+            let row = client
+                .query_opt(&stmt, &[&key])
+                .await
+                .map_err(|e| backend(&e))?;
+            Ok(row.map(|r| r.get(0)))
+        })
+        .await
     }
 
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let rows = match prefix_end(prefix) {
-            Some(end) => {
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT k, v FROM keygate_kv WHERE k >= $1 AND k < $2 ORDER BY k",
-                    )
-                    .await
-                    .map_err(|e| backend(&e))?;
-                client.query(&stmt, &[&prefix, &end]).await
+        self.bounded(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = match prefix_end(prefix) {
+                Some(end) => {
+                    let stmt = client
+                        .prepare_cached(
+                            "SELECT k, v FROM keygate_kv WHERE k >= $1 AND k < $2 ORDER BY k",
+                        )
+                        .await
+                        .map_err(|e| backend(&e))?;
+                    client.query(&stmt, &[&prefix, &end]).await
+                }
+                None => {
+                    let stmt = client
+                        .prepare_cached("SELECT k, v FROM keygate_kv WHERE k >= $1 ORDER BY k")
+                        .await
+                        .map_err(|e| backend(&e))?;
+                    client.query(&stmt, &[&prefix]).await
+                }
             }
-            None => {
-                let stmt = client
-                    .prepare_cached("SELECT k, v FROM keygate_kv WHERE k >= $1 ORDER BY k")
-                    .await
-                    .map_err(|e| backend(&e))?;
-                client.query(&stmt, &[&prefix]).await
-            }
-        }
-        .map_err(|e| backend(&e))?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            .map_err(|e| backend(&e))?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+        .await
     }
 
     async fn commit(&self, txn: Txn) -> Result<(), StorageError> {
-        let mut attempt = 0;
-        loop {
-            match self.commit_once(&txn).await {
-                Ok(outcome) => return outcome,
-                Err(e) if retryable(&e) && attempt < MAX_SERIALIZATION_RETRIES => {
-                    attempt += 1;
-                    // spread the retries of writers that raced on the same rows
-                    let mut b = [0u8; 2];
-                    let _ = aws_lc_rs::rand::fill(&mut b);
-                    let micros =
-                        u64::from(u16::from_le_bytes(b)) % (200 * u64::from(attempt.min(20)));
-                    tokio::time::sleep(Duration::from_micros(micros)).await;
+        self.bounded(async move {
+            let mut attempt = 0;
+            loop {
+                match self.commit_once(&txn).await {
+                    Ok(outcome) => return outcome,
+                    Err(e) if retryable(&e) && attempt < MAX_SERIALIZATION_RETRIES => {
+                        attempt += 1;
+                        // spread the retries of writers that raced on the same rows
+                        let mut b = [0u8; 2];
+                        let _ = aws_lc_rs::rand::fill(&mut b);
+                        let micros =
+                            u64::from(u16::from_le_bytes(b)) % (200 * u64::from(attempt.min(20)));
+                        tokio::time::sleep(Duration::from_micros(micros)).await;
+                    }
+                    Err(e) => return Err(backend(&e)),
                 }
-                Err(e) => return Err(backend(&e)),
             }
-        }
+        })
+        .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Vec<u8>> {
@@ -429,32 +456,38 @@ impl Storage for PgStorage {
     }
 
     async fn flush(&self) -> Result<(), StorageError> {
-        // a synchronous commit flushes the WAL up to it, and so every lazy commit before it
-        let client = self.pool.get().await.map_err(pool_error)?;
-        client
-            .execute(
-                "UPDATE keygate_schema SET version = version WHERE id = 1",
-                &[],
-            )
-            .await
-            .map_err(|e| backend(&e))?;
-        Ok(())
+        self.bounded(async move {
+            // a synchronous commit flushes the WAL up to it, and so every lazy commit before it
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "UPDATE keygate_schema SET version = version WHERE id = 1",
+                    &[],
+                )
+                .await
+                .map_err(|e| backend(&e))?;
+            Ok(())
+        })
+        .await
     }
 
     async fn stats(&self) -> Result<StoreStats, StorageError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        let row = client
-            .query_one(
-                "SELECT count(*)::BIGINT, pg_total_relation_size('keygate_kv')::BIGINT FROM keygate_kv",
-                &[],
-            )
-            .await
-            .map_err(|e| backend(&e))?;
-        let (keys, bytes): (i64, i64) = (row.get(0), row.get(1));
-        Ok(StoreStats {
-            keys: keys.max(0) as u64,
-            bytes_on_disk: bytes.max(0) as u64,
+        self.bounded(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_one(
+                    "SELECT count(*)::BIGINT, pg_total_relation_size('keygate_kv')::BIGINT FROM keygate_kv",
+                    &[],
+                )
+                .await
+                .map_err(|e| backend(&e))?;
+            let (keys, bytes): (i64, i64) = (row.get(0), row.get(1));
+            Ok(StoreStats {
+                keys: keys.max(0) as u64,
+                bytes_on_disk: bytes.max(0) as u64,
+            })
         })
+        .await
     }
 }
 
