@@ -764,7 +764,12 @@ impl Config {
                 "must be between 1024 and 67108864",
             ));
         }
-        let node_id = match raw.server.node_id {
+        // KEYGATE_NODE_ID (e.g. a pod's name) overrides the file: replicas of one Deployment
+        // share their config file but each needs its own id
+        let from_env = std::env::var("KEYGATE_NODE_ID")
+            .ok()
+            .filter(|n| !n.trim().is_empty());
+        let node_id = match from_env.or(raw.server.node_id) {
             Some(n) if n.trim().is_empty() => {
                 return Err(ctx.err("server", "node_id", "must not be empty"))
             }

@@ -653,7 +653,9 @@ async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serv
     let r3_config = env.replica_config("r3", &url);
     let (r3, back_ready) = tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
-            let starting = s.spawn(|| env.start_config(&r3_config));
+            // its node id from the environment, as a Deployment's pods get theirs
+            let starting =
+                s.spawn(|| env.start_config_with(&r3_config, &[("KEYGATE_NODE_ID", "pod-r3")]));
             std::thread::sleep(Duration::from_secs(3));
             assert!(
                 !starting.is_finished(),
@@ -678,6 +680,7 @@ async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serv
         "database back: r2 ready and r3 serving after {:?}",
         back_ready.elapsed()
     );
+    assert_eq!(admin_info(&env, &r3)["node_id"], "pod-r3");
     // nothing acknowledged before the outage is lost, on any replica
     for d in [&r1, &r2, &r3] {
         let got = SecretsClient::new(env.admin_channel(d).await)

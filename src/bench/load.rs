@@ -362,11 +362,18 @@ impl Tally {
 
 /// Runs the load against `t`.
 pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Result<Report> {
-    // several HTTP/2 connections, each shared by several requests; TLS handshakes happen once
-    let conns = load.concurrency.clamp(1, 8);
+    // several HTTP/2 connections, each shared by several requests; TLS handshakes happen once.
+    // `--addr A,B`: the connections are spread over the replicas, round-robin
+    let addrs: Vec<&str> = t
+        .addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let conns = load.concurrency.clamp(1, 8).max(addrs.len());
     let mut chans = Vec::new();
-    for _ in 0..conns {
-        chans.push(channel(&t.addr, &t.cacert, None).await?);
+    for i in 0..conns {
+        chans.push(channel(addrs[i % addrs.len()], &t.cacert, None).await?);
     }
     // a credential for the reads
     let cred = pb::token_exchange_client::TokenExchangeClient::new(chans[0].clone())

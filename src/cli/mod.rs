@@ -257,7 +257,8 @@ enum BenchCommand {
 
 #[derive(Args, Debug)]
 struct LoadArgs {
-    /// An existing daemon (default: start one with durable audit in a temporary directory).
+    /// An existing daemon, or several replicas separated by commas (the load is spread over
+    /// them) (default: start one with durable audit in a temporary directory).
     #[arg(long)]
     addr: Option<String>,
     /// CA of the daemon (with --addr).
