@@ -117,7 +117,9 @@ async fn a_deposed_leader_that_still_believes_it_leads_commits_no_rotation_step(
     let (ok_a, ok_b) = (ha.await.unwrap(), hb.await.unwrap());
     // the deposed leader may see a rotation of the leader's finish (and report it done), but
     // none of its own commits lands: the counts below would exceed the leader's otherwise
-    println!("deposed leader's rotate calls that returned Ok (seen finished by the leader): {ok_a}");
+    println!(
+        "deposed leader's rotate calls that returned Ok (seen finished by the leader): {ok_a}"
+    );
     assert_eq!(ok_b, rounds, "the leader's rotations all completed");
     let meta = b.store.metadata(&path).await.unwrap();
     assert_eq!(
