@@ -50,6 +50,19 @@ pub struct Metrics {
     /// gRPC listener events since start, by `event` (`refused_at_max_connections`,
     /// `handshake_failed`, `accept_out_of_resources`), set at scrape time.
     pub grpc_connection_events: Family<Vec<(String, String)>, Gauge>,
+    /// Storage pool connections by `state` (`open`, `idle`, `max`), set at scrape time.
+    pub storage_pool: Family<Vec<(String, String)>, Gauge>,
+    /// Storage operations since start by `op` (`read`, `commit`), set at scrape time.
+    pub storage_operations: Family<Vec<(String, String)>, Gauge>,
+    /// Seconds the storage operations took in all, by `op`, set at scrape time.
+    pub storage_operation_seconds:
+        Family<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Milliseconds from a change's transaction to its delivery on this replica (last one).
+    pub storage_change_lag_ms: Gauge,
+    /// 1 while this replica leads.
+    pub leader: Gauge,
+    /// The leader term this replica holds (0 when it does not lead).
+    pub leader_term: Gauge,
 }
 
 impl Default for Metrics {
@@ -74,6 +87,39 @@ impl Metrics {
             "grpc_connection_events",
             "gRPC listener events since start (refused, failed handshakes, out of descriptors)",
             grpc_connection_events.clone(),
+        );
+        let storage_pool = Family::<Vec<(String, String)>, Gauge>::default();
+        let storage_operations = Family::<Vec<(String, String)>, Gauge>::default();
+        let storage_operation_seconds =
+            Family::<Vec<(String, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let storage_change_lag_ms = Gauge::default();
+        let leader = Gauge::default();
+        let leader_term = Gauge::default();
+        registry.register(
+            "storage_pool_connections",
+            "Database pool connections by state (open, idle, max)",
+            storage_pool.clone(),
+        );
+        registry.register(
+            "storage_operations",
+            "Database operations since start by op (read, commit)",
+            storage_operations.clone(),
+        );
+        registry.register(
+            "storage_operation_seconds",
+            "Seconds the database operations took in all, by op (divide by the count for the mean)",
+            storage_operation_seconds.clone(),
+        );
+        registry.register(
+            "storage_change_lag_ms",
+            "Milliseconds from a change's transaction to its delivery on this replica (last change)",
+            storage_change_lag_ms.clone(),
+        );
+        registry.register("leader", "1 while this replica leads", leader.clone());
+        registry.register(
+            "leader_term",
+            "The leader term this replica holds (0 when it does not lead)",
+            leader_term.clone(),
         );
         let config_reloads = Family::<Vec<(String, String)>, Counter>::default();
         let jwks_fetches = Family::<Vec<(String, String)>, Counter>::default();
@@ -127,7 +173,40 @@ impl Metrics {
             jwks_fetches,
             exchanges,
             grpc_connection_events,
+            storage_pool,
+            storage_operations,
+            storage_operation_seconds,
+            storage_change_lag_ms,
+            leader,
+            leader_term,
         }
+    }
+
+    /// Sets the storage figures of a backend that has them.
+    pub fn storage(&self, s: &crate::storage::BackendStats) {
+        let l = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        self.storage_pool
+            .get_or_create(&l("state", "open"))
+            .set(s.pool_open as i64);
+        self.storage_pool
+            .get_or_create(&l("state", "idle"))
+            .set(s.pool_idle as i64);
+        self.storage_pool
+            .get_or_create(&l("state", "max"))
+            .set(s.pool_max as i64);
+        self.storage_operations
+            .get_or_create(&l("op", "read"))
+            .set(s.reads as i64);
+        self.storage_operations
+            .get_or_create(&l("op", "commit"))
+            .set(s.commits as i64);
+        self.storage_operation_seconds
+            .get_or_create(&l("op", "read"))
+            .set(s.read_seconds);
+        self.storage_operation_seconds
+            .get_or_create(&l("op", "commit"))
+            .set(s.commit_seconds);
+        self.storage_change_lag_ms.set(s.change_lag_ms);
     }
 
     /// Counts an issuer key fetch.

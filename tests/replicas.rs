@@ -96,6 +96,38 @@ async fn writes_through_one_replica_are_read_and_watched_through_the_others() {
         delays[delays.len() / 2],
         delays[delays.len() - 1]
     );
+    // the figures an operator watches: pool, operations, change lag, leadership
+    let mut leaders = 0;
+    for d in [&a, &b, &c] {
+        let (status, text) = https_get(&env, d.http, "/metrics").await;
+        assert_eq!(status, 200);
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+        let value = |name: &str, label: Option<(&str, &str)>| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Untyped(v) => v,
+                    _ => f64::NAN,
+                })
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(
+            value("keygate_storage_pool_connections", Some(("state", "max"))),
+            8.0
+        );
+        assert!(value("keygate_storage_pool_connections", Some(("state", "open"))) >= 1.0);
+        assert!(value("keygate_storage_operations", Some(("op", "read"))) > 0.0);
+        assert!(value("keygate_storage_operation_seconds", Some(("op", "read"))) > 0.0);
+        let lag = value("keygate_storage_change_lag_ms", None);
+        assert!((0.0..1000.0).contains(&lag), "change lag {lag} ms");
+        leaders += value("keygate_leader", None) as u32;
+    }
+    assert_eq!(leaders, 1, "exactly one replica says it leads");
     // a write through B is read through A: every replica writes
     cb.put(put("app/other", "x")).await.unwrap();
     let got = ca

@@ -175,7 +175,7 @@ async fn changes_made_while_the_follower_is_cut_off_are_delivered_after_it_recon
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
              WHERE datname = $1 AND application_name = 'keygate'
-               AND query LIKE 'SELECT seq, payload FROM keygate_changes%'",
+               AND query LIKE 'SELECT seq, payload,%keygate_changes%'",
             &[&db],
         )
         .await

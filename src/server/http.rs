@@ -22,6 +22,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// False once shutdown has begun.
     pub accepting: Arc<AtomicBool>,
+    /// Which replica leads.
+    pub leadership: Arc<crate::leader::Leadership>,
     /// Credentials (discovery and JWKS).
     pub credentials: Arc<crate::credential::Credentials>,
     /// The audit log (not ready while it cannot be written).
@@ -88,6 +90,12 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
     if let Ok(n) = s.store.count().await {
         s.metrics.store_secrets.set(n as i64);
     }
+    if let Some(b) = s.store.storage().backend_stats() {
+        s.metrics.storage(&b);
+    }
+    let term = s.leadership.term();
+    s.metrics.leader.set(i64::from(term.is_some()));
+    s.metrics.leader_term.set(term.unwrap_or(0) as i64);
     use std::sync::atomic::Ordering::Relaxed;
     let c = &s.conn_stats;
     s.metrics

@@ -596,6 +596,7 @@ impl Daemon {
                     metrics,
                     accepting: accepting.clone(),
                     credentials: credentials.clone(),
+                    leadership: leadership.clone(),
                     audit: audit.clone(),
                     conn_stats: conn_stats.clone(),
                 };

@@ -107,6 +107,27 @@ pub struct StoreStats {
     pub bytes_on_disk: u64,
 }
 
+/// What a backend with a connection pool and a change log reports on `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BackendStats {
+    /// Connections open in the pool.
+    pub pool_open: u64,
+    /// Of those, idle.
+    pub pool_idle: u64,
+    /// Most connections the pool opens.
+    pub pool_max: u64,
+    /// Reads (get, scan) done, and the seconds they took in all.
+    pub reads: u64,
+    /// Seconds the reads took, summed.
+    pub read_seconds: f64,
+    /// Commits done.
+    pub commits: u64,
+    /// Seconds the commits took, summed (serialization retries included).
+    pub commit_seconds: f64,
+    /// Milliseconds from the commit of the last change delivered to its delivery here.
+    pub change_lag_ms: i64,
+}
+
 /// An ordered key-value store, the only thing keygate persists through.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -120,6 +141,10 @@ pub trait Storage: Send + Sync + 'static {
     /// The schema version of a backend with one (0: none).
     fn schema_version(&self) -> i32 {
         0
+    }
+    /// Pool, latency and change-log figures (`None`: the backend has none).
+    fn backend_stats(&self) -> Option<BackendStats> {
+        None
     }
     /// Reads one key.
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;

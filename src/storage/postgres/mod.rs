@@ -128,6 +128,31 @@ pub struct PgStorage {
     delivered: Arc<AtomicI64>,
     follower: tokio::task::JoinHandle<()>,
     op_timeout: Duration,
+    counters: Arc<Counters>,
+}
+
+/// Operation counts and summed durations (microseconds), for `/metrics`.
+#[derive(Default)]
+struct Counters {
+    reads: std::sync::atomic::AtomicU64,
+    read_micros: std::sync::atomic::AtomicU64,
+    commits: std::sync::atomic::AtomicU64,
+    commit_micros: std::sync::atomic::AtomicU64,
+    change_lag_ms: AtomicI64,
+}
+
+impl Counters {
+    fn read(&self, since: std::time::Instant) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        self.read_micros
+            .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn commit(&self, since: std::time::Instant) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_micros
+            .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Drop for PgStorage {
@@ -254,12 +279,14 @@ impl PgStorage {
         };
         let (events, _) = broadcast::channel(4096);
         let delivered = Arc::new(AtomicI64::new(start));
+        let counters = Arc::new(Counters::default());
         let follower = tokio::spawn(follow(
             pg,
             tls,
             events.clone(),
             delivered.clone(),
             pool.clone(),
+            counters.clone(),
         ));
         Ok(Self {
             pool,
@@ -269,6 +296,7 @@ impl PgStorage {
             follower,
             // a pooled connection (connect) and the statement (server-bounded) each get theirs
             op_timeout: cfg.connect_timeout + cfg.statement_timeout,
+            counters,
         })
     }
 
@@ -386,7 +414,24 @@ impl Storage for PgStorage {
         self.schema_version
     }
 
+    fn backend_stats(&self) -> Option<super::BackendStats> {
+        let st = self.pool.status();
+        let c = &self.counters;
+        Some(super::BackendStats {
+            pool_open: st.size as u64,
+            pool_idle: st.available as u64,
+            pool_max: st.max_size as u64,
+            reads: c.reads.load(Ordering::Relaxed),
+            read_seconds: c.read_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            commits: c.commits.load(Ordering::Relaxed),
+            commit_seconds: c.commit_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            change_lag_ms: c.change_lag_ms.load(Ordering::Relaxed),
+        })
+    }
+
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        let started = std::time::Instant::now();
+        let _done = Finish(|| self.counters.read(started));
         self.bounded(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let stmt = client
@@ -403,6 +448,8 @@ impl Storage for PgStorage {
     }
 
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let started = std::time::Instant::now();
+        let _done = Finish(|| self.counters.read(started));
         self.bounded(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let rows = match prefix_end(prefix) {
@@ -430,6 +477,8 @@ impl Storage for PgStorage {
     }
 
     async fn commit(&self, txn: Txn) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        let _done = Finish(|| self.counters.commit(started));
         self.bounded(async move {
             let mut attempt = 0;
             loop {
@@ -491,6 +540,15 @@ impl Storage for PgStorage {
     }
 }
 
+/// Runs its closure when dropped (an operation counted however it ends).
+struct Finish<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finish<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 /// Follows the change log from its own connection and delivers each row once, in order.
 async fn follow<T>(
     pg: tokio_postgres::Config,
@@ -498,6 +556,7 @@ async fn follow<T>(
     events: broadcast::Sender<Vec<u8>>,
     delivered: Arc<AtomicI64>,
     pool: Pool,
+    counters: Arc<Counters>,
 ) where
     T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
     T::Stream: Send + Sync,
@@ -531,7 +590,7 @@ async fn follow<T>(
             tracing::warn!(error = %describe(&e), "LISTEN failed; following the change log by polling");
         }
         loop {
-            if let Err(e) = catch_up(&client, &events, &delivered).await {
+            if let Err(e) = catch_up(&client, &events, &delivered, &counters).await {
                 tracing::warn!(error = %describe(&e), "change-log follower lost its connection; reconnecting");
                 break;
             }
@@ -555,12 +614,15 @@ async fn catch_up(
     client: &tokio_postgres::Client,
     events: &broadcast::Sender<Vec<u8>>,
     delivered: &AtomicI64,
+    counters: &Counters,
 ) -> Result<(), tokio_postgres::Error> {
     loop {
         let from = delivered.load(Ordering::Relaxed);
         let rows = client
             .query(
-                "SELECT seq, payload FROM keygate_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, payload,
+                        (extract(epoch FROM clock_timestamp() - at) * 1000)::BIGINT
+                 FROM keygate_changes WHERE seq > $1 ORDER BY seq LIMIT $2",
                 &[&from, &CHANGE_BATCH],
             )
             .await?;
@@ -578,6 +640,7 @@ async fn catch_up(
             // no subscriber is not an error
             let _ = events.send(r.get(1));
             delivered.store(seq, Ordering::Relaxed);
+            counters.change_lag_ms.store(r.get(2), Ordering::Relaxed);
         }
         if n < CHANGE_BATCH {
             return Ok(());
