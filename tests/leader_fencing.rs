@@ -15,11 +15,9 @@ use keygate::secrets::envelope::Kek;
 use keygate::secrets::path::SecretPath;
 use keygate::secrets::SecretStore;
 use keygate::sensitive::SecretBytes;
-use keygate::storage::postgres::config::PgConfig;
 use keygate::storage::{PgStorage, Storage};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 const T0: u64 = 1_795_737_600_000;
 
@@ -48,16 +46,7 @@ struct Replica {
 }
 
 async fn replica(url: &str, node: &str, clock: Arc<FixedClock>) -> Replica {
-    let cfg = PgConfig::check(
-        url,
-        None,
-        "dangerous_disable",
-        None,
-        8,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )
-    .unwrap();
+    let cfg = pg::store_config(url);
     let storage: Arc<dyn Storage> = Arc::new(PgStorage::open(&cfg).await.unwrap());
     let kek = Kek::from_bytes(&SecretBytes::new(vec![7; 32])).unwrap();
     let store = Arc::new(

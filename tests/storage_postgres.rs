@@ -15,16 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn config(url: &str) -> PgConfig {
-    PgConfig::check(
-        url,
-        None,
-        "dangerous_disable",
-        None,
-        8,
-        Duration::from_secs(5),
-        Duration::from_secs(5),
-    )
-    .unwrap()
+    pg::store_config(url)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -167,3 +167,17 @@ fn getrandom_fill(b: &mut [u8]) {
 fn hex_lower(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// keygate's PostgreSQL storage config for a test database (plain TCP to loopback).
+pub fn store_config(url: &str) -> keygate::storage::postgres::config::PgConfig {
+    keygate::storage::postgres::config::PgConfig::check(
+        url,
+        None,
+        "dangerous_disable",
+        None,
+        8,
+        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+}
