@@ -79,7 +79,8 @@ pub enum PgError {
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
-        None => e.to_string(),
+        // with its causes: which certificate, and why it was refused
+        None => crate::identity::issuer_tls::error_chain(e),
     }
 }
 
