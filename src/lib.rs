@@ -21,6 +21,7 @@ pub mod database;
 pub mod devenv;
 pub mod devissuer;
 pub mod duration;
+pub mod error_chain;
 pub mod failover;
 pub mod fsutil;
 pub mod fuzzing;

@@ -5,64 +5,23 @@
 //! store does not open.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "common/cluster.rs"]
+mod cluster;
+
+use cluster::{run, Cluster};
 use keygate::storage::postgres::config::PgConfig;
 use keygate::storage::{PgStorage, Storage, Txn};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-struct Cluster {
-    version: String,
-    name: String,
-    port: u16,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("pg_dropcluster")
-            .args(["--stop", &self.version, &self.name])
-            .status();
-    }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A TLS-only cluster with the certificate of `certs` (devenv's CA, server cert for localhost
 /// and 127.0.0.1) and `postgres`'s password set to `password`.
 fn tls_cluster(certs: &Path, password: &str) -> Cluster {
-    let version = std::fs::read_dir("/etc/postgresql")
-        .expect("PostgreSQL's cluster tools (pg_createcluster) are part of the test environment")
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .max()
-        .unwrap();
-    let mut r = [0u8; 4];
-    aws_lc_rs::rand::fill(&mut r).unwrap();
-    let name = format!("kgtls{}", hex::encode(r));
-    let port = free_port();
-    run(Command::new("pg_createcluster").args([&version, &name, "-p", &port.to_string()]));
-    let cluster = Cluster {
-        version: version.clone(),
-        name: name.clone(),
-        port,
-    };
-    let data = PathBuf::from(format!("/var/lib/postgresql/{version}/{name}"));
-    let conf = PathBuf::from(format!("/etc/postgresql/{version}/{name}"));
+    let c = Cluster::create(
+        "local all postgres peer\nhostssl all all 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 reject\n",
+    );
+    let data = c.data_dir();
     for (from, to) in [
         ("server.pem", "server.pem"),
         ("server-key.pem", "server.key"),
@@ -71,24 +30,13 @@ fn tls_cluster(certs: &Path, password: &str) -> Cluster {
         run(Command::new("chown").args(["postgres", data.join(to).to_str().unwrap()]));
     }
     run(Command::new("chmod").args(["600", data.join("server.key").to_str().unwrap()]));
-    let mut pc = std::fs::read_to_string(conf.join("postgresql.conf")).unwrap();
-    pc += &format!(
-        "\nssl = on\nssl_cert_file = '{0}/server.pem'\nssl_key_file = '{0}/server.key'\nlisten_addresses = '127.0.0.1'\n",
+    c.append_conf(&format!(
+        "ssl = on\nssl_cert_file = '{0}/server.pem'\nssl_key_file = '{0}/server.key'\n",
         data.display()
-    );
-    std::fs::write(conf.join("postgresql.conf"), pc).unwrap();
-    std::fs::write(
-        conf.join("pg_hba.conf"),
-        "local all postgres peer\nhostssl all all 127.0.0.1/32 scram-sha-256\nhost all all 127.0.0.1/32 reject\n",
-    )
-    .unwrap();
-    run(Command::new("pg_ctlcluster").args([&version, &name, "start"]));
-    run(Command::new("su").args([
-        "postgres",
-        "-c",
-        &format!("psql -p {port} -qc \"ALTER USER postgres PASSWORD '{password}'\""),
-    ]));
-    cluster
+    ));
+    c.ctl("start");
+    c.psql(&format!("ALTER USER postgres PASSWORD '{password}'"));
+    c
 }
 
 fn config(url: &str, password_file: &Path, ca: Option<&Path>) -> PgConfig {

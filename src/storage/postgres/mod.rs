@@ -80,7 +80,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(d) => format!("{} ({})", d.message(), d.code().code()),
         // with its causes: which certificate, and why it was refused
-        None => crate::identity::issuer_tls::error_chain(e),
+        None => crate::error_chain::error_chain(e),
     }
 }
 
