@@ -681,8 +681,33 @@ async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serv
     );
     println!("database down: r2 not ready after {unready_after:?}; a read answered UNAVAILABLE in {answered:?}");
 
-    // a replica started during the outage waits for the database instead of exiting
+    // a replica started during the outage waits for the database instead of exiting; on its
+    // own ports (known in advance) it answers UNAVAILABLE and is not ready meanwhile
     let r3_config = env.replica_config("r3", &url);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (g3, h3) = (free(), free());
+    let text = std::fs::read_to_string(&r3_config).unwrap();
+    assert!(
+        text.contains("grpc_listen = \"127.0.0.1:0\"")
+            && text.contains("http_listen = \"127.0.0.1:0\"")
+    );
+    std::fs::write(
+        &r3_config,
+        text.replace(
+            "grpc_listen = \"127.0.0.1:0\"",
+            &format!("grpc_listen = \"{g3}\""),
+        )
+        .replace(
+            "http_listen = \"127.0.0.1:0\"",
+            &format!("http_listen = \"{h3}\""),
+        ),
+    )
+    .unwrap();
     let (r3, back_ready) = tokio::task::block_in_place(|| {
         std::thread::scope(|s| {
             // its node id from the environment, as a Deployment's pods get theirs
@@ -693,7 +718,33 @@ async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serv
                 !starting.is_finished(),
                 "r3 must neither exit nor serve while the database is down"
             );
-            tokio::runtime::Handle::current().block_on(set_connectable(&db, true));
+            let rt = tokio::runtime::Handle::current();
+            rt.block_on(async {
+                assert_eq!(https_get(&env, h3, "/readyz").await.0, 503);
+                assert_eq!(https_get(&env, h3, "/healthz").await.0, 200);
+                let conn = keygate::client::Conn {
+                    addr: format!("https://{g3}"),
+                    cacert: Some(env.paths.ca.clone()),
+                    client_cert: Some(env.paths.admin_cert.clone()),
+                    client_key: Some(env.paths.admin_key.clone()),
+                    credential: None,
+                };
+                let t = Instant::now();
+                let e = SecretsClient::new(keygate::client::connect(&conn).await.unwrap())
+                    .get(pb::GetSecretRequest {
+                        path: "app/kept".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                assert!(t.elapsed() < Duration::from_secs(5));
+                println!(
+                    "r3 waiting for the database: /readyz 503, a read UNAVAILABLE in {:?}",
+                    t.elapsed()
+                );
+            });
+            rt.block_on(set_connectable(&db, true));
             let back = Instant::now();
             let r3 = starting
                 .join()

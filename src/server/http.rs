@@ -143,9 +143,12 @@ pub async fn serve_router(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    // connections end with the listener: a client then reconnects to whatever serves next
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             a = listener.accept() => a,
         };
         let (tcp, _peer) = match accepted {
@@ -158,7 +161,7 @@ pub async fn serve_router(
         };
         let acceptor = acceptor.clone();
         let app = app.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(t)) => t,
@@ -174,4 +177,33 @@ pub async fn serve_router(
                 .await;
         });
     }
+    conns.abort_all();
+}
+
+/// What a replica serves while it waits for its database at start: every gRPC call answers
+/// UNAVAILABLE (clients with several addresses move on), `/healthz` 200 (the process is alive),
+/// `/readyz` and everything else 503.
+pub fn waiting_routers(why: &'static str) -> (Router, Router) {
+    let grpc = Router::new().fallback(move || async move {
+        (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "application/grpc"),
+                (header::HeaderName::from_static("grpc-status"), "14"),
+                (header::HeaderName::from_static("grpc-message"), why),
+            ],
+        )
+    });
+    let http = Router::new()
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, "alive; waiting for the database\n") }),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "waiting for the database\n",
+            )
+        });
+    (grpc, http)
 }

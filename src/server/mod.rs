@@ -35,6 +35,46 @@ pub const SIGHUP_RELOAD: &str = "signal.SIGHUP/ReloadConfig";
 /// How long each final write at shutdown (pending leases, the store flush) may take.
 const FINAL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The listeners of a replica waiting for its database at start (UNAVAILABLE, not ready).
+struct Waiting {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Waiting {
+    async fn start(config: &Config) -> Result<Self, StartError> {
+        let (grpc, http) =
+            http::waiting_routers("the database is unreachable; this replica is waiting for it");
+        let (stop, rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let l = TcpListener::bind(config.server.grpc_listen)
+            .await
+            .map_err(io_error(format!(
+                "server.grpc_listen {}",
+                config.server.grpc_listen
+            )))?;
+        let tls = crate::tls::grpc_rustls_config(&config.tls)?;
+        tasks.push(tokio::spawn(http::serve_router(l, tls, grpc, rx.clone())));
+        if let Some(addr) = config.server.http_listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(io_error(format!("server.http_listen {addr}")))?;
+            let tls = crate::tls::http_server_config(&config.tls)?;
+            tasks.push(tokio::spawn(http::serve_router(l, tls, http, rx)));
+        }
+        tracing::warn!("serving UNAVAILABLE and not ready until the database can be reached");
+        Ok(Self { stop, tasks })
+    }
+
+    /// Closes the listeners and their connections (the ports are free again).
+    async fn end(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -315,11 +355,20 @@ impl Daemon {
                 // an unreachable database is waited for, not a reason to exit: the process
                 // stays up (not listening, so not ready) until it can open the store
                 let mut delay = std::time::Duration::from_millis(500);
+                let mut waiting: Option<Waiting> = None;
                 loop {
                     use crate::storage::postgres::PgError;
                     match crate::storage::PgStorage::open(pg).await {
-                        Ok(s) => break Arc::new(s),
+                        Ok(s) => {
+                            if let Some(w) = waiting.take() {
+                                w.end().await;
+                            }
+                            break Arc::new(s);
+                        }
                         Err(PgError::Unreachable(m)) => {
+                            if waiting.is_none() {
+                                waiting = Some(Waiting::start(&config).await?);
+                            }
                             tracing::warn!(error = %m, retry_in = ?delay, "the database is unreachable; waiting for it (not ready)");
                             tokio::select! {
                                 _ = tokio::time::sleep(delay) => {}
