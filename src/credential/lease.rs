@@ -211,7 +211,7 @@ impl LeaseStore {
     pub async fn create(&self, lease: &Lease) -> Result<(), StorageError> {
         if lease.db.is_none() {
             self.start_flusher();
-            {
+            let committed = {
                 let mut p = self
                     .pending
                     .lock()
@@ -223,16 +223,20 @@ impl LeaseStore {
                         "lease writes are falling behind the store".into(),
                     ));
                 }
+                // the waiter is registered before the lease can be seen by a flush: a batch
+                // committed between the two would otherwise never wake it
+                let committed = if self.storage.shared() {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.waiters
+                        .lock()
+                        .map_err(|_| StorageError::Backend("lease buffer poisoned".into()))?
+                        .insert(lease.lease_id.clone(), tx);
+                    Some(rx)
+                } else {
+                    None
+                };
                 p.insert(lease.lease_id.clone(), lease.clone());
-            }
-            let committed = if self.storage.shared() {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                if let Ok(mut w) = self.waiters.lock() {
-                    w.insert(lease.lease_id.clone(), tx);
-                }
-                Some(rx)
-            } else {
-                None
+                committed
             };
             self.wake.notify_one();
             if let Some(rx) = committed {
