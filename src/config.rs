@@ -433,6 +433,8 @@ struct RawStorage {
     pool_size: Option<usize>,
     connect_timeout: Option<String>,
     statement_timeout: Option<String>,
+    operation_timeout: Option<String>,
+    change_log_retention: Option<String>,
 }
 
 impl Default for RawStorage {
@@ -447,6 +449,8 @@ impl Default for RawStorage {
             pool_size: None,
             connect_timeout: None,
             statement_timeout: None,
+            operation_timeout: None,
+            change_log_retention: None,
         }
     }
 }
@@ -460,6 +464,8 @@ fn storage_config(raw: RawStorage, ctx: &Ctx<'_>) -> Result<StorageConfig, Confi
         ("pool_size", raw.pool_size.is_some()),
         ("connect_timeout", raw.connect_timeout.is_some()),
         ("statement_timeout", raw.statement_timeout.is_some()),
+        ("operation_timeout", raw.operation_timeout.is_some()),
+        ("change_log_retention", raw.change_log_retention.is_some()),
     ];
     match raw.backend.as_str() {
         "sled" => {
@@ -485,21 +491,30 @@ fn storage_config(raw: RawStorage, ctx: &Ctx<'_>) -> Result<StorageConfig, Confi
                     "backend = \"postgres\" needs url = \"postgres://USER@HOST:PORT/DB\"",
                 ));
             };
-            // defaults: a call fails within 5 s when the database is gone (2 s to get a
-            // connection, 3 s for the statement)
+            // defaults: a call fails within 5 s when the database is gone or does not answer
+            // (every operation is bounded by operation_timeout, 4 s)
             let secs = |key: &str,
                         v: Option<String>,
-                        default: &str|
+                        default: &str,
+                        range: (u64, u64, &str)|
              -> Result<std::time::Duration, ConfigError> {
                 let s = crate::duration::parse_duration(v.as_deref().unwrap_or(default))
                     .map_err(|e| ctx.err("storage", key, e))?;
-                if !(1..=300).contains(&s) {
-                    return Err(ctx.err("storage", key, "must be between 1s and 5m"));
+                if !(range.0..=range.1).contains(&s) {
+                    return Err(ctx.err("storage", key, range.2));
                 }
                 Ok(std::time::Duration::from_secs(s))
             };
-            let connect_timeout = secs("connect_timeout", raw.connect_timeout, "2s")?;
-            let statement_timeout = secs("statement_timeout", raw.statement_timeout, "3s")?;
+            let short = (1, 300, "must be between 1s and 5m");
+            let connect_timeout = secs("connect_timeout", raw.connect_timeout, "2s", short)?;
+            let statement_timeout = secs("statement_timeout", raw.statement_timeout, "3s", short)?;
+            let operation_timeout = secs("operation_timeout", raw.operation_timeout, "4s", short)?;
+            let change_log_retention = secs(
+                "change_log_retention",
+                raw.change_log_retention,
+                "1h",
+                (60, 7 * 86_400, "must be between 1m and 7d"),
+            )?;
             let password_file = raw.password_file.map(|p| ctx.resolve(&p));
             if let Some(p) = &password_file {
                 std::fs::metadata(p).map_err(|e| {
@@ -520,7 +535,12 @@ fn storage_config(raw: RawStorage, ctx: &Ctx<'_>) -> Result<StorageConfig, Confi
                 connect_timeout,
                 statement_timeout,
             )
-            .map(StorageConfig::Postgres)
+            .map(|c| {
+                StorageConfig::Postgres(
+                    c.with_operation_timeout(operation_timeout)
+                        .with_change_log_retention(change_log_retention),
+                )
+            })
             .map_err(|e| {
                 let key = match e {
                     E::Url(_) | E::PasswordInUrl | E::NoUser | E::NoDatabase => "url",

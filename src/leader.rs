@@ -39,6 +39,8 @@ struct Record {
 pub struct View {
     /// The leader's node id, as last read (None: no live leader).
     pub leader: Option<String>,
+    /// Until when `leader`'s record was valid when last read (ms since epoch).
+    pub leader_until_ms: u64,
     /// This replica's term while it leads.
     pub my_term: Option<u64>,
     /// Until when (ms, this replica's clock) this replica may act as leader.
@@ -70,6 +72,17 @@ impl Leadership {
     }
 
     /// Changes of the view.
+    /// The leader as last seen, while its lease lasts by this replica's clock: a replica cut
+    /// off from the store stops naming a leader (itself included) once that lease ran out.
+    pub fn leader(&self) -> Option<String> {
+        let v = self.view.borrow();
+        if self.clock.now_millis() < v.leader_until_ms {
+            v.leader.clone()
+        } else {
+            None
+        }
+    }
+
     pub fn subscribe(&self) -> watch::Receiver<View> {
         self.view.subscribe()
     }
@@ -104,6 +117,7 @@ impl Leadership {
             Some(r) if r.until_ms > now && r.node != self.node => {
                 self.publish(View {
                     leader: Some(r.node.clone()),
+                    leader_until_ms: r.until_ms,
                     my_term: None,
                     lead_until_ms: 0,
                 });
@@ -141,6 +155,7 @@ impl Leadership {
                 }
                 self.publish(View {
                     leader: Some(self.node.clone()),
+                    leader_until_ms: until_ms,
                     my_term: Some(next.term),
                     lead_until_ms: until_ms.saturating_sub(MARGIN.as_millis() as u64),
                 });
@@ -150,6 +165,7 @@ impl Leadership {
                 // another replica renewed or took over first: follow it from the next round
                 self.publish(View {
                     leader: None,
+                    leader_until_ms: 0,
                     my_term: None,
                     lead_until_ms: 0,
                 });

@@ -85,6 +85,39 @@ fn bad_config_matrix() {
             expect: &["key `storage.backend`", "unknown backend \"mongo\""],
         },
         Case {
+            name: "postgres operation_timeout out of range",
+            edit: |t| {
+                t.replace(
+                    "backend = \"sled\"\npath = \"data\"",
+                    "backend = \"postgres\"\nurl = \"postgres://kg@127.0.0.1:9/kg\"\ntls = \"dangerous_disable\"\noperation_timeout = \"0s\"",
+                )
+            },
+            expect: &["key `storage.operation_timeout`", "between 1s and 5m"],
+        },
+        Case {
+            name: "postgres change_log_retention too short",
+            edit: |t| {
+                t.replace(
+                    "backend = \"sled\"\npath = \"data\"",
+                    "backend = \"postgres\"\nurl = \"postgres://kg@127.0.0.1:9/kg\"\ntls = \"dangerous_disable\"\nchange_log_retention = \"10s\"",
+                )
+            },
+            expect: &["key `storage.change_log_retention`", "between 1m and 7d"],
+        },
+        Case {
+            name: "sled with a postgres-only key",
+            edit: |t| {
+                t.replace(
+                    "path = \"data\"",
+                    "path = \"data\"\noperation_timeout = \"4s\"",
+                )
+            },
+            expect: &[
+                "key `storage.operation_timeout`",
+                "only for backend = \"postgres\"",
+            ],
+        },
+        Case {
             name: "both kek sources",
             edit: |t| t.replace("file = \"kek\"", "file = \"kek\"\nenv = \"X\""),
             expect: &["key `kek`", "exactly one of kek.file or kek.env"],

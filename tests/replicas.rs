@@ -781,3 +781,82 @@ async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serv
     }
     pg::drop_database(&db).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_run_on_the_leader_reaches_watch_streams_on_the_other_replicas() {
+    let env = TestEnv::new();
+    env.append_config(
+        r#"
+[[rotations]]
+path = "app/rotwatch"
+every = "1h"
+
+[rotations.fields.password]
+generator = "password"
+length = 24
+"#,
+    );
+    let (db, url) = pg::fresh_database().await;
+    let r1 = env.start_config(&env.replica_config("r1", &url));
+    let t = Instant::now();
+    while admin_info(&env, &r1)["leader"] != "r1" {
+        assert!(t.elapsed() < Duration::from_secs(10), "r1 never led");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r2 = env.start_config(&env.replica_config("r2", &url));
+    let r3 = env.start_config(&env.replica_config("r3", &url));
+    let before = rotation_status(&env, &r2, "app/rotwatch").await;
+    let mut watches = Vec::new();
+    for d in [&r2, &r3] {
+        let w = SecretsClient::new(env.admin_channel(d).await)
+            .watch(pb::WatchRequest {
+                paths: vec!["app/rotwatch".into()],
+                prefixes: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        watches.push(w);
+    }
+    // the leader runs the rotation (a follower would refuse: only one replica rotates)
+    let sent = Instant::now();
+    pb::admin_client::AdminClient::new(env.admin_channel(&r1).await)
+        .rotate_secret(pb::RotateSecretRequest {
+            path: "app/rotwatch".into(),
+        })
+        .await
+        .unwrap();
+    let answered = sent.elapsed();
+    let want = before.current_version + 1;
+    for (w, name) in watches.iter_mut().zip(["r2", "r3"]) {
+        // the new version becomes readable by its promotion: the event that says so comes
+        // within 1 s of the leader's answer
+        let ev = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                let ev = w.message().await.unwrap().unwrap();
+                if ev.kind() == pb::watch_event::Kind::Created && ev.version == want {
+                    break ev;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}'s Watch missed the rotation run on r1"));
+        assert_eq!(ev.path, "app/rotwatch");
+    }
+    let seen = sent.elapsed();
+    // and the version the event names is what the other replicas serve
+    let got = SecretsClient::new(env.admin_channel(&r3).await)
+        .get(pb::GetSecretRequest {
+            path: "app/rotwatch".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.version, want);
+    println!("rotation on r1 answered in {answered:?}; its event on r2 and r3 by {seen:?}");
+    for d in [r1, r2, r3] {
+        assert_eq!(d.stop(), 0);
+    }
+    pg::drop_database(&db).await;
+}

@@ -114,7 +114,7 @@ impl pb::admin_server::Admin for AdminApi {
                 kek_id: self.state.store.kek_id().await,
                 secrets: self.state.store.count().await?,
                 schema_version: self.state.store.storage().schema_version(),
-                leader: self.state.leadership.view().leader.unwrap_or_default(),
+                leader: self.state.leadership.leader().unwrap_or_default(),
             })
         }
         .await;

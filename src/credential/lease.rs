@@ -81,10 +81,32 @@ const CAS_ATTEMPTS: usize = 64;
 type Waiters =
     std::sync::Mutex<std::collections::HashMap<String, tokio::sync::oneshot::Sender<()>>>;
 
-/// How long `create` waits for the batch holding its lease on a shared store.
-const SHARED_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long `create` waits for the batch holding its lease on a shared store (with the default
+/// storage `operation_timeout` a failing batch answers sooner; this bounds an exchange when the
+/// database does not answer at all).
+const SHARED_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// Commits pending leases (each only if absent). Caller holds the flush lock.
+/// A failed batch on a shared store: the exchanges waiting for it answer at once with the error
+/// (their credentials were never handed out), and their leases leave the buffer so they are not
+/// stored later for a credential nobody holds. Leases nobody waits for (an embedded store's
+/// write-behind) stay for the next attempt.
+fn fail_waiting(
+    pending: &std::sync::Mutex<std::collections::HashMap<String, Lease>>,
+    waiters: &Waiters,
+    batch: &[Lease],
+) {
+    // the order `create` takes them in: pending, then waiters
+    let Ok(mut p) = pending.lock() else { return };
+    let Ok(mut w) = waiters.lock() else { return };
+    for l in batch {
+        // dropping the sender wakes the waiter with an error
+        if w.remove(&l.lease_id).is_some() {
+            p.remove(&l.lease_id);
+        }
+    }
+}
+
 async fn flush_pending_locked(
     storage: &Arc<dyn Storage>,
     pending: &std::sync::Mutex<std::collections::HashMap<String, Lease>>,
@@ -116,11 +138,17 @@ async fn flush_pending_locked(
                     .put(k, serde_json::to_vec(l).map_err(backend)?);
                 match storage.commit(t).await {
                     Ok(()) | Err(StorageError::Conflict) => {}
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        fail_waiting(pending, waiters, &snapshot);
+                        return Err(e);
+                    }
                 }
             }
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            fail_waiting(pending, waiters, &snapshot);
+            return Err(e);
+        }
     }
     if let Ok(mut p) = pending.lock() {
         for l in &snapshot {
@@ -242,7 +270,12 @@ impl LeaseStore {
             if let Some(rx) = committed {
                 match tokio::time::timeout(SHARED_CREATE_WAIT, rx).await {
                     Ok(Ok(())) => {}
-                    _ => {
+                    Ok(Err(_)) => {
+                        return Err(StorageError::Backend(
+                            "the new lease could not be stored".into(),
+                        ));
+                    }
+                    Err(_) => {
                         if let Ok(mut w) = self.waiters.lock() {
                             w.remove(&lease.lease_id);
                         }

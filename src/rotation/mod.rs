@@ -126,18 +126,30 @@ pub trait SystemKey: Send + Sync {
     }
 }
 
-/// Fault injection for crash tests: `KEYGATE_FAULT_INJECT=rotation-crash-after-<step>` aborts
-/// the process right after that step commits (`pending`, `set`, `tested`, `current`). Only in
-/// builds with the `test-hooks` feature (the test suite's); a release binary has no such hook.
+/// Fault injection for crash and partition tests, only in builds with the `test-hooks` feature
+/// (the test suite's; a release binary has no such hook): `KEYGATE_FAULT_INJECT=
+/// rotation-crash-after-<step>` aborts the process right after that step commits (`pending`,
+/// `set`, `tested`, `current`); `rotation-pause-after-<step>` holds the rotation there until the
+/// file named by `KEYGATE_FAULT_RESUME` exists (at most two minutes), then goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
+enum FaultPoint {
+    Crash(String),
+    Pause(String),
+}
+
 #[cfg(feature = "test-hooks")]
-fn crash_point() -> Option<String> {
-    std::env::var("KEYGATE_FAULT_INJECT")
-        .ok()
-        .and_then(|v| v.strip_prefix("rotation-crash-after-").map(str::to_string))
+fn fault_point() -> Option<FaultPoint> {
+    let v = std::env::var("KEYGATE_FAULT_INJECT").ok()?;
+    if let Some(step) = v.strip_prefix("rotation-crash-after-") {
+        return Some(FaultPoint::Crash(step.to_string()));
+    }
+    v.strip_prefix("rotation-pause-after-")
+        .map(|step| FaultPoint::Pause(step.to_string()))
 }
 
 #[cfg(not(feature = "test-hooks"))]
-fn crash_point() -> Option<String> {
+fn fault_point() -> Option<FaultPoint> {
     None
 }
 
@@ -149,7 +161,7 @@ pub struct Rotator {
     audit: Option<Arc<AuditWriter>>,
     configured: RwLock<Arc<Vec<Policy>>>,
     running: Mutex<HashSet<String>>,
-    crash_after: Option<String>,
+    fault: Option<FaultPoint>,
     leadership: std::sync::OnceLock<Arc<crate::leader::Leadership>>,
     system: RwLock<Vec<Arc<dyn SystemKey>>>,
     /// API policies as stored → as checked.
@@ -199,7 +211,7 @@ impl Rotator {
             audit,
             configured: RwLock::new(Arc::new(configured)),
             running: Mutex::new(HashSet::new()),
-            crash_after: crash_point(),
+            fault: fault_point(),
             leadership: std::sync::OnceLock::new(),
             system: RwLock::new(Vec::new()),
             api_parsed: Mutex::new(Default::default()),
@@ -218,7 +230,7 @@ impl Rotator {
         match self.leadership.get() {
             Some(l) if self.store.storage().shared() => match l.term() {
                 Some(t) => Ok(Some(t)),
-                None => Err(RotationError::NotLeader(l.view().leader)),
+                None => Err(RotationError::NotLeader(l.leader())),
             },
             _ => Ok(None),
         }
@@ -509,10 +521,27 @@ impl Rotator {
         self.drive(&p).await
     }
 
-    fn crash_if(&self, step: &str) {
-        if self.crash_after.as_deref() == Some(step) {
-            tracing::error!(step, "fault injection: aborting after rotation step");
-            std::process::abort();
+    async fn fault_after(&self, step: &str) {
+        match &self.fault {
+            Some(FaultPoint::Crash(s)) if s == step => {
+                tracing::error!(step, "fault injection: aborting after rotation step");
+                std::process::abort();
+            }
+            Some(FaultPoint::Pause(s)) if s == step => {
+                tracing::warn!(step, "fault injection: pausing after rotation step");
+                let resume = std::env::var_os("KEYGATE_FAULT_RESUME");
+                for _ in 0..1200 {
+                    if resume
+                        .as_ref()
+                        .is_some_and(|f| std::path::Path::new(f).exists())
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                tracing::warn!(step, "fault injection: resuming after rotation step");
+            }
+            _ => {}
         }
     }
 
@@ -678,7 +707,7 @@ impl Rotator {
             Err(e) => return Err(e.into()),
         }
         tracing::info!(path = %p.path, version = next_version, trigger = trigger.as_str(), "rotation started");
-        self.crash_if("pending");
+        self.fault_after("pending").await;
         Ok(())
     }
 
@@ -724,7 +753,7 @@ impl Rotator {
                         .commit(self.state_txn(&p.path, raw, &new)?)
                         .await
                     {
-                        Ok(()) => self.crash_if(next.name()),
+                        Ok(()) => self.fault_after(next.name()).await,
                         Err(StorageError::Conflict) => {
                             return Err(RotationError::InProgress(p.path.clone()))
                         }
@@ -854,7 +883,7 @@ impl Rotator {
             }
         }
         tracing::info!(path = %p.path, version, overlap_secs = p.overlap_secs, "rotation complete: new version is current");
-        self.crash_if("current");
+        self.fault_after("current").await;
         Ok(new)
     }
 

@@ -56,6 +56,9 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Longest `/readyz` waits for the store.
+const READY_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if !s.accepting.load(Ordering::SeqCst) {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -63,22 +66,26 @@ async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     if !s.audit.healthy() {
         return (StatusCode::SERVICE_UNAVAILABLE, "audit log unavailable\n");
     }
-    match s
-        .store
-        .storage()
-        .get(crate::secrets::model::ACTIVE_KEK_KEY)
-        .await
-    {
-        Ok(_) => (StatusCode::OK, "ready\n"),
-        Err(e) => {
+    // a probe answers fast: a store that does not answer within READY_PROBE is not ready (a
+    // black-holed database would otherwise hold the probe for the whole operation bound)
+    let probe = s.store.storage().get(crate::secrets::model::ACTIVE_KEK_KEY);
+    match tokio::time::timeout(READY_PROBE, probe).await {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n"),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "not ready: store unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?READY_PROBE, "not ready: the store did not answer");
             (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
         }
     }
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
-    if let Ok(stats) = s.store.storage().stats().await {
+    // store figures are skipped (last values kept) when the store does not answer at once: a
+    // scrape during a database outage still reports everything else
+    if let Ok(Ok(stats)) = tokio::time::timeout(READY_PROBE, s.store.storage().stats()).await {
         s.metrics.store_keys.set(stats.keys as i64);
         s.metrics.store_bytes.set(stats.bytes_on_disk as i64);
     }
@@ -87,7 +94,7 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
             .sink_dropped
             .load(std::sync::atomic::Ordering::Relaxed) as i64,
     );
-    if let Ok(n) = s.store.count().await {
+    if let Ok(Ok(n)) = tokio::time::timeout(READY_PROBE, s.store.count()).await {
         s.metrics.store_secrets.set(n as i64);
     }
     if let Some(b) = s.store.storage().backend_stats() {

@@ -149,9 +149,38 @@ impl TestEnv {
         self.try_start_config(&config, vars)
     }
 
+    /// Starts `keygate serve --config CONFIG` inside the network namespace `netns`
+    /// (`ip netns exec`, which execs the daemon: its pid is the daemon's).
+    pub fn start_config_in_netns(
+        &self,
+        netns: &str,
+        config: &Path,
+        vars: &[(&str, &str)],
+    ) -> Daemon {
+        self.try_start_config_in(Some(netns), config, vars)
+            .unwrap_or_else(|log| panic!("daemon did not start:\n{log}"))
+    }
+
     fn try_start_config(&self, config: &Path, vars: &[(&str, &str)]) -> Result<Daemon, String> {
+        self.try_start_config_in(None, config, vars)
+    }
+
+    fn try_start_config_in(
+        &self,
+        netns: Option<&str>,
+        config: &Path,
+        vars: &[(&str, &str)],
+    ) -> Result<Daemon, String> {
         let log = self.next_log("daemon");
-        let mut child = Command::new(BIN)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .envs(vars.iter().copied())

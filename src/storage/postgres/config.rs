@@ -31,7 +31,18 @@ pub struct PgConfig {
     pub connect_timeout: Duration,
     /// Server-side bound on every statement (`statement_timeout`).
     pub statement_timeout: Duration,
+    /// Client-side bound on every storage operation, waiting for a connection included: what
+    /// a black-holed database (no answer at all) costs a call before it fails.
+    pub operation_timeout: Duration,
+    /// How long the change log keeps a change: a replica cut off longer than this resyncs
+    /// (its Watch streams end with DATA_LOSS).
+    pub change_log_retention: Duration,
 }
+
+/// Default [`PgConfig::operation_timeout`]: a call fails within 5 s when the database is gone.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(4);
+/// Default [`PgConfig::change_log_retention`].
+pub const DEFAULT_CHANGE_LOG_RETENTION: Duration = Duration::from_secs(3600);
 
 impl std::fmt::Debug for PgConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -42,6 +53,8 @@ impl std::fmt::Debug for PgConfig {
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("change_log_retention", &self.change_log_retention)
             .finish()
     }
 }
@@ -134,7 +147,21 @@ impl PgConfig {
             pool_size,
             connect_timeout,
             statement_timeout,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            change_log_retention: DEFAULT_CHANGE_LOG_RETENTION,
         })
+    }
+
+    /// Sets the client-side bound on every storage operation.
+    pub fn with_operation_timeout(mut self, d: Duration) -> Self {
+        self.operation_timeout = d;
+        self
+    }
+
+    /// Sets how long the change log keeps changes.
+    pub fn with_change_log_retention(mut self, d: Duration) -> Self {
+        self.change_log_retention = d;
+        self
     }
 }
 

@@ -14,7 +14,12 @@
 //!   Each replica follows the log from a dedicated connection: on every notification and at least
 //!   every [`POLL`], it reads the rows after the last one it delivered, in order. After a lost
 //!   connection it reconnects and reads on from where it was, so no change is skipped while the
-//!   log still holds it (rows are kept [`CHANGE_RETENTION`]).
+//!   log still holds it (rows are kept `change_log_retention`, default 1 h). A follower query
+//!   that does not answer within `operation_timeout` (a black-holed database) drops the
+//!   connection and reconnects, so a dead link is never waited on.
+//! - Every operation is bounded on this side by `operation_timeout` (default 4 s), waiting for
+//!   a pooled connection included: a database that does not answer at all (a partition) costs
+//!   a call at most that before it fails UNAVAILABLE.
 pub mod config;
 pub mod schema;
 
@@ -35,8 +40,6 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, Socket};
 /// Longest a replica waits for a change it was not told about (a lost NOTIFY, a backend
 /// without LISTEN).
 pub const POLL: Duration = Duration::from_millis(500);
-/// How long the change log keeps a row (a replica cut off for longer misses changes).
-pub const CHANGE_RETENTION: Duration = Duration::from_secs(3600);
 /// Internal retries of a transaction that lost a serialization race.
 const MAX_SERIALIZATION_RETRIES: u32 = 100;
 /// Rows read from the change log per query.
@@ -288,6 +291,10 @@ impl PgStorage {
             delivered.clone(),
             pool.clone(),
             counters.clone(),
+            FollowTimes {
+                query: cfg.operation_timeout,
+                retention: cfg.change_log_retention,
+            },
         ));
         Ok(Self {
             pool,
@@ -296,7 +303,7 @@ impl PgStorage {
             delivered,
             follower,
             // a pooled connection (connect) and the statement (server-bounded) each get theirs
-            op_timeout: cfg.connect_timeout + cfg.statement_timeout,
+            op_timeout: cfg.operation_timeout,
             counters,
         })
     }
@@ -314,10 +321,22 @@ impl PgStorage {
     ) -> Result<T, StorageError> {
         match tokio::time::timeout(self.op_timeout, op).await {
             Ok(r) => r,
-            Err(_) => Err(StorageError::Backend(format!(
-                "the database did not answer within {:?}",
-                self.op_timeout
-            ))),
+            Err(_) => {
+                // the connection that did not answer went back to the pool when the operation
+                // was dropped; it (and the idle others, likely on the same dead link) is closed
+                // so that the calls after a partition heals get fresh connections instead of
+                // waiting behind TCP's retransmission backoff on the old ones
+                let closed = self.pool.retain(|_, _| false).removed.len();
+                tracing::warn!(
+                    timeout = ?self.op_timeout,
+                    closed,
+                    "the database did not answer; closed the pool's idle connections"
+                );
+                Err(StorageError::Backend(format!(
+                    "the database did not answer within {:?}",
+                    self.op_timeout
+                )))
+            }
         }
     }
 
@@ -550,6 +569,15 @@ impl<F: FnMut()> Drop for Finish<F> {
     }
 }
 
+/// The follower's bounds.
+#[derive(Clone, Copy)]
+struct FollowTimes {
+    /// A change-log query that takes longer ends the connection (a dead link).
+    query: Duration,
+    /// Rows older than this are pruned.
+    retention: Duration,
+}
+
 /// Follows the change log from its own connection and delivers each row once, in order.
 async fn follow<T>(
     pg: tokio_postgres::Config,
@@ -558,6 +586,7 @@ async fn follow<T>(
     delivered: Arc<AtomicI64>,
     pool: Pool,
     counters: Arc<Counters>,
+    times: FollowTimes,
 ) where
     T: MakeTlsConnect<Socket> + Clone + Send + Sync + 'static,
     T::Stream: Send + Sync,
@@ -566,11 +595,20 @@ async fn follow<T>(
 {
     let mut last_prune = tokio::time::Instant::now();
     loop {
-        let (client, mut connection) = match pg.connect(tls.clone()).await {
-            Ok(c) => c,
-            Err(e) => {
+        let (client, mut connection) = match tokio::time::timeout(
+            times.query,
+            pg.connect(tls.clone()),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %describe(&e), "change-log follower cannot connect; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!("change-log follower: the database did not answer; retrying");
                 continue;
             }
         };
@@ -587,17 +625,46 @@ async fn follow<T>(
                 }
             }
         });
-        if let Err(e) = client.batch_execute("LISTEN keygate_changes").await {
-            tracing::warn!(error = %describe(&e), "LISTEN failed; following the change log by polling");
+        match tokio::time::timeout(times.query, client.batch_execute("LISTEN keygate_changes"))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %describe(&e), "LISTEN failed; following the change log by polling");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "change-log follower: the database did not answer LISTEN; reconnecting"
+                );
+                driver.abort();
+                continue;
+            }
         }
         loop {
-            if let Err(e) = catch_up(&client, &events, &delivered, &counters).await {
-                tracing::warn!(error = %describe(&e), "change-log follower lost its connection; reconnecting");
-                break;
+            match tokio::time::timeout(
+                times.query,
+                catch_up(&client, &events, &delivered, &counters),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %describe(&e), "change-log follower lost its connection; reconnecting");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?times.query, "change-log follower: the database did not answer; reconnecting");
+                    break;
+                }
             }
             if last_prune.elapsed() > Duration::from_secs(60) {
                 last_prune = tokio::time::Instant::now();
-                prune(&pool).await;
+                if tokio::time::timeout(times.query, prune(&pool, times.retention))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("pruning the change log did not finish in time");
+                }
             }
             if driver.is_finished() {
                 break;
@@ -649,11 +716,11 @@ async fn catch_up(
     }
 }
 
-async fn prune(pool: &Pool) {
+async fn prune(pool: &Pool, retention: Duration) {
     let Ok(client) = pool.get().await else {
         return;
     };
-    let secs = CHANGE_RETENTION.as_secs() as f64;
+    let secs = retention.as_secs_f64();
     if let Err(e) = client
         .execute(
             "DELETE FROM keygate_changes WHERE at < now() - make_interval(secs => $1)",
