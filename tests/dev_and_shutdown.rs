@@ -337,7 +337,12 @@ async fn sigterm_lets_in_flight_requests_finish_and_loses_no_acknowledged_write(
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // writes under way (however slow the machine is today) before the signal
+    let t = std::time::Instant::now();
+    while acked.lock().unwrap().len() <= 20 {
+        assert!(t.elapsed() < Duration::from_secs(20), "no writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     d.signal("TERM");
     for t in tasks {
         t.await.unwrap();

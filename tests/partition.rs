@@ -138,14 +138,6 @@ bound_subject = "pipeline:deploy"
 scopes = ["read:app/*"]
 ttl_secs = 600
 max_ttl_secs = 600
-
-[[rotations]]
-path = "app/rot"
-every = "1h"
-
-[rotations.fields.password]
-generator = "password"
-length = 24
 "#
     ));
 
@@ -175,6 +167,28 @@ length = 24
     ));
     db.ctl("start");
 
+    // the rotated secret exists before its policy does: a policy whose secret is missing
+    // rotates as soon as a leader starts, which would race the rotation this test holds
+    let seed = env.start_config(&env.replica_config(
+        "seed",
+        &format!("postgres://postgres@127.0.0.1:{}/postgres", db.port),
+    ));
+    SecretsClient::new(env.admin_channel(&seed).await)
+        .put(put("app/rot", "seeded"))
+        .await
+        .unwrap();
+    assert_eq!(seed.stop(), 0);
+    env.append_config(
+        r#"
+[[rotations]]
+path = "app/rot"
+every = "1h"
+
+[rotations.fields.password]
+generator = "password"
+length = 24
+"#,
+    );
     let r1_config = env.replica_config(
         "r1",
         &format!("postgres://postgres@127.0.0.1:{}/postgres", db.port),

@@ -409,6 +409,18 @@ max_ttl_secs = 600
     pg::drop_database(&db).await;
 }
 
+/// Writes `path` through a replica started and stopped for that alone, before the rotation
+/// policies are configured: a policy whose secret does not exist rotates at once when a leader
+/// starts (its initial version), which would race what the test does itself.
+async fn seed(env: &TestEnv, url: &str, path: &str) {
+    let d = env.start_config(&env.replica_config("seed", url));
+    SecretsClient::new(env.admin_channel(&d).await)
+        .put(put(path, "seeded"))
+        .await
+        .unwrap();
+    assert_eq!(d.stop(), 0);
+}
+
 fn admin_info(env: &TestEnv, d: &Daemon) -> serde_json::Value {
     let out = env.cli(d, &["admin", "info", "--json"]);
     assert!(
@@ -436,6 +448,8 @@ async fn rotation_status(env: &TestEnv, d: &Daemon, path: &str) -> pb::RotationS
 #[tokio::test(flavor = "multi_thread")]
 async fn one_leader_rotates_and_a_survivor_takes_over_and_resumes_the_rotation_once() {
     let env = TestEnv::new();
+    let (db, url) = pg::fresh_database().await;
+    seed(&env, &url, "app/rot").await;
     env.append_config(
         r#"
 [[rotations]]
@@ -447,7 +461,6 @@ generator = "password"
 length = 24
 "#,
     );
-    let (db, url) = pg::fresh_database().await;
     // r1 starts first and leads; it is built to die right after a rotation's first step
     let r1 = env.start_config_with(
         &env.replica_config("r1", &url),
@@ -785,6 +798,8 @@ async fn a_database_outage_makes_replicas_unready_and_unavailable_then_they_serv
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotation_run_on_the_leader_reaches_watch_streams_on_the_other_replicas() {
     let env = TestEnv::new();
+    let (db, url) = pg::fresh_database().await;
+    seed(&env, &url, "app/rotwatch").await;
     env.append_config(
         r#"
 [[rotations]]
@@ -796,7 +811,6 @@ generator = "password"
 length = 24
 "#,
     );
-    let (db, url) = pg::fresh_database().await;
     let r1 = env.start_config(&env.replica_config("r1", &url));
     let t = Instant::now();
     while admin_info(&env, &r1)["leader"] != "r1" {
