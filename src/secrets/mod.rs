@@ -3,6 +3,7 @@ pub mod envelope;
 pub mod kek;
 pub mod model;
 pub mod path;
+pub mod record_cache;
 
 use crate::clock::Clock;
 use crate::sensitive::SecretFields;
@@ -146,6 +147,8 @@ pub struct SecretStore {
     /// swap keyrings, so no record sealed under a retired KEK can land after the rewrap scan.
     keyring: RwLock<Arc<Keyring>>,
     rotation: tokio::sync::Mutex<()>,
+    /// Sealed records of readable versions (see [`record_cache`]).
+    records: Arc<record_cache::RecordCache>,
 }
 
 fn corrupt(path: &str) -> impl Fn(serde_json::Error) -> SecretsError + '_ {
@@ -191,6 +194,26 @@ fn map_envelope(path: &str, version: u64, e: EnvelopeError) -> SecretsError {
     }
 }
 
+/// Keeps `cache` in step with the store's change notifications (from every replica), until the
+/// store is dropped.
+fn forget_on_changes(
+    mut changes: broadcast::Receiver<Vec<u8>>,
+    cache: std::sync::Weak<record_cache::RecordCache>,
+) {
+    tokio::spawn(async move {
+        loop {
+            let change = changes.recv().await;
+            let Some(cache) = cache.upgrade() else { return };
+            match change {
+                Ok(payload) => cache.on_change(&payload),
+                // missed notifications: forget everything rather than guess
+                Err(broadcast::error::RecvError::Lagged(_)) => cache.clear(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
 impl SecretStore {
     /// Opens the store with `kek`. A store already bound to another KEK is refused with a
     /// message that says which KEK it needs.
@@ -219,11 +242,14 @@ impl SecretStore {
                     .await?;
             }
         }
+        let records = Arc::new(record_cache::RecordCache::default());
+        forget_on_changes(storage.subscribe(), Arc::downgrade(&records));
         Ok(Self {
             storage,
             clock,
             keyring: RwLock::new(Arc::new(Keyring::single(kek))),
             rotation: tokio::sync::Mutex::new(()),
+            records,
         })
     }
 
@@ -370,7 +396,7 @@ impl SecretStore {
                 version,
             });
         }
-        self.read(path, version, meta).await
+        self.read(path, version, meta, true).await
     }
 
     /// Reads the version a rotation replaced, while its overlap lasts.
@@ -379,7 +405,7 @@ impl SecretStore {
         let meta = self.meta_of(path).await?;
         let now = self.clock.now_millis();
         match (meta.previous_version, meta.previous_until) {
-            (Some(v), Some(until)) if now < until => self.read(path, v, meta).await,
+            (Some(v), Some(until)) if now < until => self.read(path, v, meta, true).await,
             _ => Err(SecretsError::NotFound(format!(
                 "{path} has no previous version in overlap"
             ))),
@@ -393,14 +419,18 @@ impl SecretStore {
         let v = meta
             .pending_version
             .ok_or_else(|| SecretsError::NotFound(format!("{path} has no pending version")))?;
-        self.read(path, v, meta).await
+        // a pending version can still be discarded: never cached
+        self.read(path, v, meta, false).await
     }
 
+    /// Reads `version` (0: the current one) as `meta` allows. `cacheable`: the version is
+    /// readable (not pending), so its record may come from and go to the record cache.
     async fn read(
         &self,
         path: &str,
         version: u64,
         meta: SecretMeta,
+        cacheable: bool,
     ) -> Result<SecretVersion, SecretsError> {
         let version = if version == 0 {
             meta.current_version
@@ -426,6 +456,22 @@ impl SecretStore {
                 version,
             });
         }
+        let created_at = vm.created_at;
+        let ring = self.keyring.read().await.clone();
+        if cacheable {
+            if let Some(record) = self.records.get(path, version, created_at) {
+                // a record sealed under a KEK since retired falls through to the store's copy
+                if let Ok(fields) = envelope::open_version(&ring, path, version, &record) {
+                    return Ok(SecretVersion {
+                        path: path.to_string(),
+                        version,
+                        fields,
+                        meta,
+                    });
+                }
+                self.records.forget(path, version);
+            }
+        }
         let raw = self
             .storage
             .get(&version_key(path, version))
@@ -439,9 +485,12 @@ impl SecretStore {
                 path: path.to_string(),
                 version,
             })?;
-        let ring = self.keyring.read().await.clone();
         let fields = envelope::open_version(&ring, path, version, &record)
             .map_err(|e| map_envelope(path, version, e))?;
+        if cacheable {
+            self.records
+                .insert(path, version, created_at, Arc::new(record));
+        }
         Ok(SecretVersion {
             path: path.to_string(),
             version,
@@ -839,6 +888,8 @@ impl SecretStore {
                 retired: Vec::new(),
             });
         }
+        // what is cached was sealed under the retired KEK
+        self.records.clear();
         Ok(KekRotation {
             old_kek_id: old_id,
             new_kek_id: new_id,

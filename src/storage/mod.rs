@@ -7,7 +7,8 @@
 //! - `commit` is atomic (all writes or none) and applies only if every condition holds at commit
 //!   time; otherwise it returns [`StorageError::Conflict`] and changes nothing.
 //! - `commit` returns `Ok` only once the writes are durable (survive a kill -9) — unless the
-//!   transaction is marked [`Txn::lazy`]: then it is durable within the backend's flush interval
+//!   transaction is marked [`Txn::lazy`] on a backend that honours it (sled; PostgreSQL commits
+//!   every transaction synchronously): then it is durable within the backend's flush interval
 //!   (sled: 500 ms). Lazy is only for writes whose loss in a crash fails closed (a new lease:
 //!   losing it only invalidates the credential that names it).
 //! - After a successful commit, its `notify` payload is delivered to every subscriber; a failed

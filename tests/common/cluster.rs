@@ -93,3 +93,58 @@ impl Cluster {
         ]));
     }
 }
+
+impl Cluster {
+    /// Runs SQL as the cluster's superuser and returns the first column of the first row.
+    pub fn psql_value(&self, sql: &str) -> String {
+        let out = Command::new("su")
+            .args([
+                "postgres",
+                "-c",
+                &format!("psql -p {} -Atqc \"{sql}\"", self.port),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A hot standby of this (running) cluster, streaming from it (`pg_basebackup -R`), started.
+    /// This cluster's `pg_hba` must let `postgres` replicate from 127.0.0.1.
+    pub fn standby(&self, hba: &str) -> Cluster {
+        let s = Cluster::create(hba);
+        let data = s.data_dir();
+        // emptied, not removed: postgres may not create it again under its parent
+        for e in std::fs::read_dir(&data).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).unwrap();
+            } else {
+                std::fs::remove_file(&p).unwrap();
+            }
+        }
+        run(Command::new("su").args([
+            "postgres",
+            "-c",
+            &format!(
+                "pg_basebackup -h 127.0.0.1 -p {} -U postgres -D {} -X stream -R",
+                self.port,
+                data.display()
+            ),
+        ]));
+        s.ctl("start");
+        s
+    }
+
+    /// Kills the whole cluster at once (postmaster and every backend: `kill -9` of its process
+    /// group), as a crashed machine would stop it.
+    pub fn kill9(&self) {
+        let pid = std::fs::read_to_string(self.data_dir().join("postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_string();
+        run(Command::new("kill").args(["-9", "--", &format!("-{pid}")]));
+    }
+}

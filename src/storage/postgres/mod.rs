@@ -5,8 +5,10 @@
 //!   scans are ordered like sled's.
 //! - `commit` runs one SERIALIZABLE transaction: read the conditioned keys, compare, write. A
 //!   serialization failure or deadlock is retried inside (it says nothing about the conditions);
-//!   only a condition that does not hold is [`StorageError::Conflict`]. A lazy transaction commits
-//!   with `synchronous_commit = off` (acknowledged before the WAL flush).
+//!   only a condition that does not hold is [`StorageError::Conflict`]. Every commit is
+//!   synchronous, lazy ones too: the callers of a shared store wait for their batch anyway (a
+//!   new lease is acknowledged only once committed), and a commit acknowledged before its WAL
+//!   flush would be lost with the primary in a failover even to a synchronous standby.
 //! - Change notification: a transaction with a `notify` payload takes the next number from the
 //!   one-row `keygate_change_seq` (its row lock is held to commit, so numbers are in commit order)
 //!   and appends `(seq, payload)` to `keygate_changes` in the same transaction, then
@@ -353,10 +355,6 @@ impl PgStorage {
             .isolation_level(IsolationLevel::Serializable)
             .start()
             .await?;
-        if txn.lazy {
-            t.batch_execute("SET LOCAL synchronous_commit = off")
-                .await?;
-        }
         if !txn.conditions.is_empty() {
             let keys: Vec<&[u8]> = txn.conditions.iter().map(|(k, _)| k.as_slice()).collect();
             let stmt = t
@@ -526,7 +524,7 @@ impl Storage for PgStorage {
 
     async fn flush(&self) -> Result<(), StorageError> {
         self.bounded(async move {
-            // a synchronous commit flushes the WAL up to it, and so every lazy commit before it
+            // every commit is synchronous here; a round trip proves the database is reachable
             let client = self.pool.get().await.map_err(pool_error)?;
             client
                 .execute(
