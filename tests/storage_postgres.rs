@@ -136,19 +136,54 @@ async fn replicas_migrate_once_share_writes_and_hear_each_others_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_schema_newer_than_this_build_is_refused() {
+async fn a_newer_schema_is_used_when_declared_compatible_and_refused_otherwise() {
     let (db, url) = pg::fresh_database().await;
     drop(PgStorage::open(&config(&url)).await.unwrap());
     let c = pg::connect(&url).await.unwrap();
+    // the next release's additive migration: this build keeps working on it (a rollback)
     c.execute(
-        "UPDATE keygate_schema SET version = $1 WHERE id = 1",
+        "UPDATE keygate_schema SET version = $1, compatible_from = $2 WHERE id = 1",
+        &[&(schema::VERSION + 1), &schema::VERSION],
+    )
+    .await
+    .unwrap();
+    let s = PgStorage::open(&config(&url))
+        .await
+        .expect("runs on a compatible newer schema");
+    assert_eq!(s.schema_version(), schema::VERSION + 1);
+    s.commit(Txn::default().put(b"compat/k".to_vec(), b"v".to_vec()))
+        .await
+        .unwrap();
+    drop(s);
+    let still: (i32, i32) = {
+        let r = c
+            .query_one(
+                "SELECT version, compatible_from FROM keygate_schema WHERE id = 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        still,
+        (schema::VERSION + 1, schema::VERSION),
+        "not migrated back"
+    );
+    // a migration this build would misread: refused, naming both versions
+    c.execute(
+        "UPDATE keygate_schema SET compatible_from = $1 WHERE id = 1",
         &[&(schema::VERSION + 1)],
     )
     .await
     .unwrap();
     let e = PgStorage::open(&config(&url)).await.err().expect("refused");
     let m = e.to_string();
-    assert!(m.contains("newer than this keygate knows"), "{m}");
+    assert!(
+        m.contains(&format!("schema is version {}", schema::VERSION + 1))
+            && m.contains(&format!("knows version {}", schema::VERSION)),
+        "{m}"
+    );
     pg::drop_database(&db).await;
 }
 
