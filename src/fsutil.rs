@@ -28,6 +28,11 @@ pub enum WriteError {
 
 /// Writes a new file with mode 0600 (refuses to overwrite).
 pub fn write_private(path: &Path, contents: &str) -> Result<(), WriteError> {
+    write_private_bytes(path, contents.as_bytes())
+}
+
+/// Writes a new file of bytes with mode 0600 (refuses to overwrite), synced before `Ok`.
+pub fn write_private_bytes(path: &Path, contents: &[u8]) -> Result<(), WriteError> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -37,7 +42,7 @@ pub fn write_private(path: &Path, contents: &str) -> Result<(), WriteError> {
             path: path.to_path_buf(),
             source,
         })?;
-    f.write_all(contents.as_bytes())
+    f.write_all(contents)
         .and_then(|_| f.sync_all())
         .map_err(|source| WriteError::Write {
             path: path.to_path_buf(),

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod authz;
+pub mod backup;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -1005,6 +1005,11 @@ max_ttl = "1m"
             .encode_to_vec(),
             false,
         ),
+        (
+            "keygate.v1.Admin/Backup",
+            pb::BackupRequest {}.encode_to_vec(),
+            false,
+        ),
         // last: revoking its own lease also drops the database user it generated
         (
             "keygate.v1.Leases/Revoke",

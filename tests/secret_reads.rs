@@ -40,6 +40,9 @@ impl Storage for Counting {
     async fn commit(&self, txn: Txn) -> Result<(), StorageError> {
         self.inner.commit(txn).await
     }
+    async fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.inner.snapshot().await
+    }
     fn subscribe(&self) -> broadcast::Receiver<Vec<u8>> {
         self.inner.subscribe()
     }

@@ -1,6 +1,7 @@
 //! The command line: `keygate serve | dev | put | get | list | delete | undelete | destroy |
 //! exchange | db-creds | admin | audit | bench`.
 
+mod backup;
 mod commands;
 mod db;
 mod rotation;
@@ -434,6 +435,23 @@ enum AdminCommand {
     },
     /// Create a new credential signing key now.
     RotateSigningKey,
+    /// Write a point-in-time copy of the daemon's whole store to a new file (mode 0600). Secret
+    /// values stay sealed under the KEK: keep the KEK, apart, to restore.
+    Backup {
+        /// The file to create (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup into the empty store CONFIG names (sled or PostgreSQL), with no daemon
+    /// running on it; the config's KEK must be the backup's.
+    Restore {
+        /// The config of the store to restore into.
+        #[arg(long)]
+        config: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Rotate a secret now (or finish its interrupted rotation) per its rotation policy.
     Rotate {
         /// Secret path.
@@ -688,6 +706,8 @@ pub async fn run(cli: Cli) -> i32 {
             AdminCommand::Revoke { lease_id } => revoke(&conn, &lease_id, false).await,
             AdminCommand::RevokePrefix { prefix } => revoke(&conn, &prefix, true).await,
             AdminCommand::RotateSigningKey => rotate_signing_key(&conn).await,
+            AdminCommand::Backup { out } => backup::backup(&conn, &out).await,
+            AdminCommand::Restore { config, from } => backup::restore(&config, &from).await,
             AdminCommand::Rotate { path, json } => rotation::rotate(&conn, &path, json).await,
             AdminCommand::Rotation { command } => match command {
                 RotationCommand::Status { prefix, json } => {

@@ -326,7 +326,7 @@ impl Signals {
     }
 }
 
-fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
+pub fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
     let err = |key: &str, m: crate::secrets::kek::KekError| ConfigError {
         file: config.path.clone(),
         line: None,

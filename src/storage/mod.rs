@@ -153,6 +153,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
     /// Applies `txn` atomically and durably, or returns `Conflict` and changes nothing.
     async fn commit(&self, txn: Txn) -> Result<(), StorageError>;
+    /// Every key and value at one point in time (no commit half in it), ascending: for backups.
+    async fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError>;
     /// A stream of the `notify` payloads of committed transactions.
     fn subscribe(&self) -> broadcast::Receiver<Vec<u8>>;
     /// Makes everything written so far durable.

@@ -36,6 +36,9 @@ struct Inner {
     broken: AtomicBool,
     /// Keys of failed writes (in sled's memory, not on disk) until the reopen.
     poisoned: Mutex<HashSet<Vec<u8>>>,
+    /// Commits hold it shared; a snapshot holds it alone, so it sees no commit half done
+    /// (sled's iterators are not point-in-time).
+    snapshot: Arc<RwLock<()>>,
 }
 
 /// Bytes the recovery probe must be able to write (and sync) before the store is reopened.
@@ -140,6 +143,7 @@ impl SledStorage {
                 generation: watch::channel(0).0,
                 broken: AtomicBool::new(false),
                 poisoned: Mutex::new(HashSet::new()),
+                snapshot: Arc::default(),
             }),
             events,
         })
@@ -228,6 +232,18 @@ impl Storage for SledStorage {
             .map_err(backend)
     }
 
+    async fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        let lock = self.inner.snapshot.clone();
+        self.blocking(move |db| {
+            let _alone = lock.write();
+            db.iter()
+                .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(backend)
+    }
+
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         if self.inner.broken.load(Ordering::SeqCst)
             && self.inner.poisoned().iter().any(|k| k.starts_with(prefix))
@@ -250,8 +266,10 @@ impl Storage for SledStorage {
         let keys: Vec<Vec<u8>> = txn.writes.iter().map(|(k, _)| k.clone()).collect();
         let lazy = txn.lazy;
         let notify = txn.notify.clone();
+        let snapshot = self.inner.snapshot.clone();
         let result: Result<bool, sled::Error> = self
             .blocking(move |db| {
+                let _no_snapshot_meanwhile = snapshot.read();
                 let r: Result<(), TransactionError<()>> = db.transaction(|t| {
                     for (key, expected) in &txn.conditions {
                         let current = t.get(key)?;

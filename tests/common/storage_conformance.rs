@@ -17,6 +17,7 @@ pub async fn run_all(s: Arc<dyn Storage>, ns: &str) {
     prefix_scans(&*s, ns).await;
     notifications(&*s, ns).await;
     concurrent_check_and_set(s.clone(), ns).await;
+    snapshots_are_point_in_time(s.clone(), ns).await;
     s.flush().await.unwrap();
     assert!(s.stats().await.unwrap().keys > 0);
 }
@@ -201,4 +202,48 @@ async fn concurrent_check_and_set(s: Arc<dyn Storage>, ns: &str) {
         Some(b"200".to_vec()),
         "no increment lost"
     );
+}
+
+/// A snapshot taken while multi-key transactions commit holds each of them whole or not at
+/// all (every `pair/a/N` with its `pair/b/N`), in key order.
+async fn snapshots_are_point_in_time(s: Arc<dyn Storage>, ns: &str) {
+    let writer = {
+        let (s, ns) = (s.clone(), ns.to_string());
+        tokio::spawn(async move {
+            for i in 0..200u32 {
+                let v = i.to_be_bytes().to_vec();
+                s.commit(
+                    Txn::default()
+                        .put(k(&ns, &format!("pair/a/{i:04}")), v.clone())
+                        .put(k(&ns, &format!("pair/b/{i:04}")), v),
+                )
+                .await
+                .unwrap();
+            }
+        })
+    };
+    let (a, b) = (k(ns, "pair/a/"), k(ns, "pair/b/"));
+    let mut seen = 0;
+    for _ in 0..50 {
+        let snap = s.snapshot().await.unwrap();
+        assert!(snap.windows(2).all(|w| w[0].0 < w[1].0), "key order");
+        let pick = |p: &[u8]| {
+            snap.iter()
+                .filter(|(key, _)| key.starts_with(p))
+                .map(|(key, v)| (key[p.len()..].to_vec(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pick(&a), pick(&b), "a transaction half in a snapshot");
+        seen = seen.max(pick(&a).len());
+        if writer.is_finished() {
+            break;
+        }
+    }
+    writer.await.unwrap();
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(
+        snap.iter().filter(|(key, _)| key.starts_with(&a)).count(),
+        200
+    );
+    assert!(seen > 0);
 }

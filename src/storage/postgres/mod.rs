@@ -42,6 +42,8 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, Socket};
 /// Longest a replica waits for a change it was not told about (a lost NOTIFY, a backend
 /// without LISTEN).
 pub const POLL: Duration = Duration::from_millis(500);
+/// Longest a snapshot (a backup) may take.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Internal retries of a transaction that lost a serialization race.
 const MAX_SERIALIZATION_RETRIES: u32 = 100;
 /// Rows read from the change log per query.
@@ -463,6 +465,35 @@ impl Storage for PgStorage {
             Ok(row.map(|r| r.get(0)))
         })
         .await
+    }
+
+    async fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        // one statement sees one MVCC snapshot; a whole store may take longer than an operation
+        let op = async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let t = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(|e| backend(&e))?;
+            t.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                SNAPSHOT_TIMEOUT.as_millis()
+            ))
+            .await
+            .map_err(|e| backend(&e))?;
+            let rows = t
+                .query("SELECT k, v FROM keygate_kv ORDER BY k", &[])
+                .await
+                .map_err(|e| backend(&e))?;
+            t.commit().await.map_err(|e| backend(&e))?;
+            Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        };
+        tokio::time::timeout(SNAPSHOT_TIMEOUT, op)
+            .await
+            .map_err(|_| StorageError::Backend("the snapshot did not finish in time".into()))?
     }
 
     async fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
