@@ -56,16 +56,23 @@ pub struct DbLease {
 /// Like any lazy write, a lease lost in a crash only invalidates its credential (fail closed).
 /// On a store other replicas share, `create` returns only once the batch holding its lease is
 /// committed (group commit): a credential is never handed out that another replica would find
-/// unknown, or that dies with this process.
+/// unknown, or that dies with this process. There, up to [`SHARED_BATCHES`] batches commit at
+/// once (each waits for its own log flush; the database merges them), each taking the pending
+/// leases no other batch holds.
 /// Every operation that scans or changes stored leases (list, renew, revoke, sweep) first
-/// commits what is pending, under the same lock as the background task, and flushed leases are
-/// written only if absent, so a revocation is never overwritten by an older pending copy.
+/// commits what is pending, holding the flush lock alone (so after the batches in flight), and
+/// flushed leases are written only if absent, so a revocation is never overwritten by an older
+/// pending copy.
 pub struct LeaseStore {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
-    pending: Arc<std::sync::Mutex<std::collections::HashMap<String, Lease>>>,
+    pending: Arc<Pending>,
     waiters: Arc<Waiters>,
-    flush_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Batch commits hold it shared; `flush_pending` holds it alone (so "everything pending is
+    /// committed" also covers the batches in flight).
+    flush_lock: Arc<tokio::sync::RwLock<()>>,
+    /// Ids of pending leases a batch is committing now (the next batch takes the others).
+    in_flight: Arc<InFlight>,
     wake: Arc<tokio::sync::Notify>,
     flusher: std::sync::OnceLock<()>,
 }
@@ -86,16 +93,11 @@ type Waiters =
 /// database does not answer at all).
 const SHARED_CREATE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
 
-/// Commits pending leases (each only if absent). Caller holds the flush lock.
 /// A failed batch on a shared store: the exchanges waiting for it answer at once with the error
 /// (their credentials were never handed out), and their leases leave the buffer so they are not
 /// stored later for a credential nobody holds. Leases nobody waits for (an embedded store's
 /// write-behind) stay for the next attempt.
-fn fail_waiting(
-    pending: &std::sync::Mutex<std::collections::HashMap<String, Lease>>,
-    waiters: &Waiters,
-    batch: &[Lease],
-) {
+fn fail_waiting(pending: &Pending, waiters: &Waiters, batch: &[Lease]) {
     // the order `create` takes them in: pending, then waiters
     let Ok(mut p) = pending.lock() else { return };
     let Ok(mut w) = waiters.lock() else { return };
@@ -107,30 +109,42 @@ fn fail_waiting(
     }
 }
 
-async fn flush_pending_locked(
-    storage: &Arc<dyn Storage>,
-    pending: &std::sync::Mutex<std::collections::HashMap<String, Lease>>,
-    waiters: &Waiters,
-) -> Result<(), StorageError> {
-    let snapshot: Vec<Lease> = match pending.lock() {
-        Ok(p) => p.values().cloned().collect(),
-        Err(_) => return Err(StorageError::Backend("lease buffer poisoned".into())),
-    };
-    if snapshot.is_empty() {
-        return Ok(());
-    }
+/// Pending leases, by id.
+type Pending = std::sync::Mutex<std::collections::HashMap<String, Lease>>;
+/// Ids of leases a batch is committing.
+type InFlight = std::sync::Mutex<std::collections::HashSet<String>>;
+
+/// Batches committing at once on a shared store: each waits for its own log flush, and the
+/// database merges concurrent flushes; an embedded store commits one batch at a time.
+const SHARED_BATCHES: usize = 4;
+
+/// The pending leases no batch is committing yet, marked as in flight.
+fn take_batch(pending: &Pending, in_flight: &InFlight) -> Result<Vec<Lease>, StorageError> {
+    let poisoned = || StorageError::Backend("lease buffer poisoned".into());
+    let p = pending.lock().map_err(|_| poisoned())?;
+    let mut f = in_flight.lock().map_err(|_| poisoned())?;
+    let batch: Vec<Lease> = p
+        .values()
+        .filter(|l| !f.contains(&l.lease_id))
+        .cloned()
+        .collect();
+    f.extend(batch.iter().map(|l| l.lease_id.clone()));
+    Ok(batch)
+}
+
+/// Writes `batch` (each lease only if absent) in one transaction.
+async fn commit_batch(storage: &Arc<dyn Storage>, batch: &[Lease]) -> Result<(), StorageError> {
     let mut txn = Txn::default().lazy();
-    for l in &snapshot {
+    for l in batch {
         let k = key(&l.lease_id);
         txn = txn
             .expect(k.clone(), None)
             .put(k, serde_json::to_vec(l).map_err(backend)?);
     }
     match storage.commit(txn).await {
-        Ok(()) => {}
         // one already exists (cannot happen with random ids, but never overwrite): one by one
         Err(StorageError::Conflict) => {
-            for l in &snapshot {
+            for l in batch {
                 let k = key(&l.lease_id);
                 let t = Txn::default()
                     .lazy()
@@ -138,31 +152,51 @@ async fn flush_pending_locked(
                     .put(k, serde_json::to_vec(l).map_err(backend)?);
                 match storage.commit(t).await {
                     Ok(()) | Err(StorageError::Conflict) => {}
-                    Err(e) => {
-                        fail_waiting(pending, waiters, &snapshot);
-                        return Err(e);
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Commits one batch of what is pending and settles it: committed leases leave the buffer and
+/// wake their creators; a failed batch fails the creators waiting for it (see `fail_waiting`).
+async fn flush_batch(
+    storage: &Arc<dyn Storage>,
+    pending: &Pending,
+    waiters: &Waiters,
+    in_flight: &InFlight,
+) -> Result<(), StorageError> {
+    let batch = take_batch(pending, in_flight)?;
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let result = commit_batch(storage, &batch).await;
+    match &result {
+        Ok(()) => {
+            if let Ok(mut p) = pending.lock() {
+                for l in &batch {
+                    p.remove(&l.lease_id);
+                }
+            }
+            if let Ok(mut w) = waiters.lock() {
+                for l in &batch {
+                    if let Some(tx) = w.remove(&l.lease_id) {
+                        let _ = tx.send(());
                     }
                 }
             }
         }
-        Err(e) => {
-            fail_waiting(pending, waiters, &snapshot);
-            return Err(e);
+        Err(_) => fail_waiting(pending, waiters, &batch),
+    }
+    if let Ok(mut f) = in_flight.lock() {
+        for l in &batch {
+            f.remove(&l.lease_id);
         }
     }
-    if let Ok(mut p) = pending.lock() {
-        for l in &snapshot {
-            p.remove(&l.lease_id);
-        }
-    }
-    if let Ok(mut w) = waiters.lock() {
-        for l in &snapshot {
-            if let Some(tx) = w.remove(&l.lease_id) {
-                let _ = tx.send(());
-            }
-        }
-    }
-    Ok(())
+    result
 }
 
 /// Notification payload when leases are revoked (seen by open `Watch` streams).
@@ -189,6 +223,7 @@ impl LeaseStore {
             pending: Arc::default(),
             waiters: Arc::default(),
             flush_lock: Arc::default(),
+            in_flight: Arc::default(),
             wake: Arc::default(),
             flusher: std::sync::OnceLock::new(),
         }
@@ -196,30 +231,51 @@ impl LeaseStore {
 
     /// Commits every pending lease now.
     pub async fn flush_pending(&self) -> Result<(), StorageError> {
-        let _g = self.flush_lock.lock().await;
-        flush_pending_locked(&self.storage, &self.pending, &self.waiters).await
+        // alone: the batches in flight finish first
+        let _g = self.flush_lock.write().await;
+        flush_batch(&self.storage, &self.pending, &self.waiters, &self.in_flight).await
     }
 
     fn start_flusher(&self) {
         self.flusher.get_or_init(|| {
-            let (storage, pending, waiters, lock, wake) = (
+            let (storage, pending, waiters, in_flight, lock, wake) = (
                 self.storage.clone(),
                 self.pending.clone(),
                 self.waiters.clone(),
+                self.in_flight.clone(),
                 self.flush_lock.clone(),
                 self.wake.clone(),
             );
+            let batches = Arc::new(tokio::sync::Semaphore::new(if storage.shared() {
+                SHARED_BATCHES
+            } else {
+                1
+            }));
             tokio::spawn(async move {
                 loop {
                     wake.notified().await;
                     // let a batch gather
                     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                    let _g = lock.lock().await;
-                    if let Err(e) = flush_pending_locked(&storage, &pending, &waiters).await {
-                        tracing::error!(error = %e, "writing new leases failed; retrying");
-                        wake.notify_one();
-                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    }
+                    let Ok(slot) = batches.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let shared = lock.clone().read_owned().await;
+                    let (storage, pending, waiters, in_flight, wake) = (
+                        storage.clone(),
+                        pending.clone(),
+                        waiters.clone(),
+                        in_flight.clone(),
+                        wake.clone(),
+                    );
+                    tokio::spawn(async move {
+                        if let Err(e) = flush_batch(&storage, &pending, &waiters, &in_flight).await
+                        {
+                            tracing::error!(error = %e, "writing new leases failed; retrying");
+                            wake.notify_one();
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        drop((shared, slot));
+                    });
                 }
             });
         });
@@ -479,6 +535,89 @@ mod tests {
             revoked_at: None,
             db: None,
         }
+    }
+
+    /// A shared store whose commits take 20 ms, counting how many run at once.
+    struct SlowShared {
+        inner: SledStorage,
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for SlowShared {
+        fn backend(&self) -> &'static str {
+            "slow"
+        }
+        fn shared(&self) -> bool {
+            true
+        }
+        async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+            self.inner.get(key).await
+        }
+        async fn scan_prefix(
+            &self,
+            prefix: &[u8],
+        ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+            self.inner.scan_prefix(prefix).await
+        }
+        async fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+            self.inner.snapshot().await
+        }
+        async fn commit(&self, txn: Txn) -> Result<(), StorageError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(n, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let r = self.inner.commit(txn).await;
+            self.now.fetch_sub(1, SeqCst);
+            r
+        }
+        fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Vec<u8>> {
+            self.inner.subscribe()
+        }
+        async fn flush(&self) -> Result<(), StorageError> {
+            self.inner.flush().await
+        }
+        async fn stats(&self) -> Result<crate::storage::StoreStats, StorageError> {
+            self.inner.stats().await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn on_a_shared_store_several_lease_batches_commit_at_once_and_every_lease_lands() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Arc::new(SlowShared {
+            inner: SledStorage::open(dir.path()).unwrap(),
+            now: Default::default(),
+            most: Default::default(),
+        });
+        let clock = Arc::new(FixedClock::at(1_800_000_000_000));
+        let s = Arc::new(LeaseStore::new(storage.clone(), clock));
+        let mut tasks = Vec::new();
+        for t in 0..64 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    // creators arrive at their own pace (as exchanges do), not in lockstep
+                    tokio::time::sleep(std::time::Duration::from_millis(1 + t % 13)).await;
+                    s.create(&lease(&format!("r/s/{t}-{i}"), 1_800_000_000))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let most = storage.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (2..=SHARED_BATCHES).contains(&most),
+            "{most} batches at once"
+        );
+        // each acknowledged lease is in the store itself, none left in the buffer
+        assert!(s.pending.lock().unwrap().is_empty());
+        assert_eq!(storage.inner.scan_prefix(b"l/").await.unwrap().len(), 640);
     }
 
     #[tokio::test(flavor = "multi_thread")]
