@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod common;
 
-use common::issuer::{now, TestIssuer, TestKey};
+use common::issuer::{TestIssuer, TestKey};
 use common::*;
 use keygate::pb;
 use keygate::pb::secrets_client::SecretsClient;
@@ -84,26 +84,13 @@ async fn backup_destroy_restore_serves_the_same_secrets_credentials_and_jwks() {
     let key = TestKey::rsa("ci-1");
     issuer.publish(&key);
     let disc = issuer.tenant("ci", ISS);
-    env.append_config(&format!(
-        r#"
-[identity]
-url = "https://keygate.backup.test"
-
-[[issuers]]
-name = "ci"
-issuer = "{ISS}"
-discovery_url = "{disc}"
-ca_file = "ca.pem"
-audience = "{AUD}"
-
-[[roles]]
-name = "ci"
-issuer = "ci"
-bound_subject = "pipeline:deploy"
-scopes = ["read:app/*"]
-ttl_secs = 600
-max_ttl_secs = 600
-"#
+    env.append_config(&common::issuer::ci_role_config(
+        "https://keygate.backup.test",
+        ISS,
+        &disc,
+        AUD,
+        r#"["read:app/*"]"#,
+        "",
     ));
     let d = env.start();
     let mut admin = SecretsClient::new(env.admin_channel(&d).await);
@@ -120,10 +107,7 @@ max_ttl_secs = 600
     // a credential issued right before the backup (its lease still in the write-behind buffer)
     let cred = pb::token_exchange_client::TokenExchangeClient::new(env.channel_as(&d, None).await)
         .exchange(pb::ExchangeRequest {
-            subject_token: key.sign(&serde_json::json!({
-                "iss": ISS, "aud": AUD, "sub": "pipeline:deploy",
-                "iat": now(), "nbf": now() - 5, "exp": now() + 300,
-            })),
+            subject_token: common::issuer::ci_token(&key, ISS, AUD, None),
             subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
             role: "ci".into(),
             ..Default::default()

@@ -13,7 +13,7 @@ mod common;
 mod netns;
 
 use cluster::{run, Cluster};
-use common::issuer::{now, TestIssuer, TestKey};
+use common::issuer::{TestIssuer, TestKey};
 use common::*;
 use keygate::pb;
 use keygate::pb::secrets_client::SecretsClient;
@@ -119,26 +119,13 @@ async fn a_partitioned_replica_fails_closed_loses_leadership_and_rejoins_cleanly
     let key = TestKey::rsa("ci-1");
     issuer.publish(&key);
     let disc = issuer.tenant("ci", ISS);
-    env.append_config(&format!(
-        r#"
-[identity]
-url = "https://keygate.partition.test"
-
-[[issuers]]
-name = "ci"
-issuer = "{ISS}"
-discovery_url = "{disc}"
-ca_file = "ca.pem"
-audience = "{AUD}"
-
-[[roles]]
-name = "ci"
-issuer = "ci"
-bound_subject = "pipeline:deploy"
-scopes = ["read:app/*"]
-ttl_secs = 600
-max_ttl_secs = 600
-"#
+    env.append_config(&common::issuer::ci_role_config(
+        "https://keygate.partition.test",
+        ISS,
+        &disc,
+        AUD,
+        r#"["read:app/*"]"#,
+        "",
     ));
 
     // the database: a cluster of the test's own, on loopback for r1 and on the partitionable
@@ -248,10 +235,7 @@ length = 24
         .unwrap();
     let cred = pb::token_exchange_client::TokenExchangeClient::new(env.channel_as(&r1, None).await)
         .exchange(pb::ExchangeRequest {
-            subject_token: key.sign(&serde_json::json!({
-                "iss": ISS, "aud": AUD, "sub": "pipeline:deploy",
-                "iat": now(), "nbf": now() - 5, "exp": now() + 300,
-            })),
+            subject_token: common::issuer::ci_token(&key, ISS, AUD, None),
             subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
             role: "ci".into(),
             ..Default::default()

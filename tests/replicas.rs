@@ -246,27 +246,13 @@ async fn credentials_replay_markers_revocations_and_signing_keys_hold_across_rep
     let key = TestKey::rsa("ci-1");
     issuer.publish(&key);
     let disc = issuer.tenant("ci", ISS);
-    env.append_config(&format!(
-        r#"
-[identity]
-url = "https://keygate.replicas.test"
-
-[[issuers]]
-name = "ci"
-issuer = "{ISS}"
-discovery_url = "{disc}"
-ca_file = "ca.pem"
-audience = "{AUD}"
-refuse_jti_replay = true
-
-[[roles]]
-name = "ci"
-issuer = "ci"
-bound_subject = "pipeline:deploy"
-scopes = ["read:ci/*"]
-ttl_secs = 600
-max_ttl_secs = 600
-"#
+    env.append_config(&common::issuer::ci_role_config(
+        "https://keygate.replicas.test",
+        ISS,
+        &disc,
+        AUD,
+        r#"["read:ci/*"]"#,
+        "refuse_jti_replay = true\n",
     ));
     let (db, url) = pg::fresh_database().await;
     let mut daemons: Vec<Daemon> = ["r1", "r2", "r3"]

@@ -13,6 +13,49 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Acknowledged writes, as (path, value).
+type Acked = Arc<Mutex<Vec<(String, String)>>>;
+
+/// `n` writers putting `load/wW/N` until `stop`, remembering what was acknowledged; each
+/// returns how many of its writes were refused (UNAVAILABLE only: anything else fails the test).
+fn writers(
+    n: usize,
+    ch: &keygate::client::Failover,
+    stop: &Arc<AtomicBool>,
+    acked: &Acked,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..n)
+        .map(|w| {
+            let (ch, stop, acked) = (ch.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                let mut c = SecretsClient::new(ch);
+                let (mut n, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let path = format!("load/w{w}/{n}");
+                    let value = format!("v-{w}-{n}");
+                    match c
+                        .put(pb::PutSecretRequest {
+                            path: path.clone(),
+                            fields: HashMap::from([("v".to_string(), value.as_bytes().to_vec())]),
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(_) => acked.lock().unwrap().push((path, value)),
+                        Err(e) => {
+                            assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    n += 1;
+                }
+                failed
+            })
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_database_restart_under_load_loses_no_acknowledged_write() {
     let db = cluster::Cluster::create("host all all 127.0.0.1/32 trust\nlocal all postgres peer\n");
@@ -33,34 +76,7 @@ async fn a_database_restart_under_load_loses_no_acknowledged_write() {
     // writers: each acknowledged write is remembered with its value
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let mut tasks = Vec::new();
-    for w in 0..4 {
-        let (ch, stop, acked) = (ch.clone(), stop.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = SecretsClient::new(ch);
-            let (mut n, mut failed) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                let path = format!("load/w{w}/{n}");
-                let value = format!("v-{w}-{n}");
-                match c
-                    .put(pb::PutSecretRequest {
-                        path: path.clone(),
-                        fields: HashMap::from([("v".to_string(), value.as_bytes().to_vec())]),
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(_) => acked.lock().unwrap().push((path, value)),
-                    Err(e) => {
-                        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-                        failed += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                n += 1;
-            }
-            failed
-        }));
-    }
+    tasks.extend(writers(4, &ch, &stop, &acked));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let before = acked.lock().unwrap().len();
     // restart the database under the load: fast shutdown ends every connection
@@ -127,7 +143,7 @@ const ISS: &str = "https://ci.failover.example";
 /// acknowledged before the kill is there afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_primary_and_its_promoted_synchronous_standby_lose_no_acknowledged_write() {
-    use common::issuer::{now, TestIssuer, TestKey};
+    use common::issuer::{TestIssuer, TestKey};
     let hba = "local all postgres peer\nhost all all 127.0.0.1/32 trust\nhost replication postgres 127.0.0.1/32 trust\n";
     let primary = cluster::Cluster::create(hba);
     primary.append_conf("wal_level = replica\nmax_wal_senders = 4\n");
@@ -155,26 +171,13 @@ async fn a_killed_primary_and_its_promoted_synchronous_standby_lose_no_acknowled
     let key = TestKey::rsa("ci-1");
     issuer.publish(&key);
     let disc = issuer.tenant("ci", ISS);
-    env.append_config(&format!(
-        r#"
-[identity]
-url = "https://keygate.failover.test"
-
-[[issuers]]
-name = "ci"
-issuer = "{ISS}"
-discovery_url = "{disc}"
-ca_file = "ca.pem"
-audience = "{AUD}"
-
-[[roles]]
-name = "ci"
-issuer = "ci"
-bound_subject = "pipeline:deploy"
-scopes = ["read:load/*"]
-ttl_secs = 600
-max_ttl_secs = 600
-"#
+    env.append_config(&common::issuer::ci_role_config(
+        "https://keygate.failover.test",
+        ISS,
+        &disc,
+        AUD,
+        r#"["read:load/*"]"#,
+        "",
     ));
     let r1 = env.start_config(&env.replica_config("r1", &url));
     let r2 = env.start_config(&env.replica_config("r2", &url));
@@ -191,42 +194,10 @@ max_ttl_secs = 600
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let creds: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut tasks = Vec::new();
-    for w in 0..3 {
-        let (ch, stop, acked) = (ch.clone(), stop.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut c = SecretsClient::new(ch);
-            let (mut n, mut failed) = (0u64, 0u64);
-            while !stop.load(Ordering::Relaxed) {
-                let path = format!("load/w{w}/{n}");
-                let value = format!("v-{w}-{n}");
-                match c
-                    .put(pb::PutSecretRequest {
-                        path: path.clone(),
-                        fields: HashMap::from([("v".to_string(), value.as_bytes().to_vec())]),
-                        ..Default::default()
-                    })
-                    .await
-                {
-                    Ok(_) => acked.lock().unwrap().push((path, value)),
-                    Err(e) => {
-                        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
-                        failed += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                n += 1;
-            }
-            failed
-        }));
-    }
+    tasks.extend(writers(3, &ch, &stop, &acked));
     {
         let (anon, stop, creds) = (anon.clone(), stop.clone(), creds.clone());
-        let token = move || {
-            key.sign(&serde_json::json!({
-                "iss": ISS, "aud": AUD, "sub": "pipeline:deploy",
-                "iat": now(), "nbf": now() - 5, "exp": now() + 300,
-            }))
-        };
+        let token = move || common::issuer::ci_token(&key, ISS, AUD, None);
         tasks.push(tokio::spawn(async move {
             let mut c = pb::token_exchange_client::TokenExchangeClient::new(anon);
             let mut failed = 0;

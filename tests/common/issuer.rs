@@ -330,3 +330,48 @@ pub fn fixture(name: &str, iss: &str, aud: &str) -> Value {
     v["exp"] = json!(n + 300);
     v
 }
+
+/// Config for one CI issuer (`ci`, tenant discovery `disc`, claiming `iss` for `aud`) and one
+/// role `ci` for subject `pipeline:deploy` with `scopes`, under `[identity] url`.
+pub fn ci_role_config(
+    identity_url: &str,
+    iss: &str,
+    disc: &str,
+    aud: &str,
+    scopes: &str,
+    extra_issuer_keys: &str,
+) -> String {
+    format!(
+        r#"
+[identity]
+url = "{identity_url}"
+
+[[issuers]]
+name = "ci"
+issuer = "{iss}"
+discovery_url = "{disc}"
+ca_file = "ca.pem"
+audience = "{aud}"
+{extra_issuer_keys}
+[[roles]]
+name = "ci"
+issuer = "ci"
+bound_subject = "pipeline:deploy"
+scopes = {scopes}
+ttl_secs = 600
+max_ttl_secs = 600
+"#
+    )
+}
+
+/// A token of `key` for the `ci` role of [`ci_role_config`], valid for five minutes.
+pub fn ci_token(key: &TestKey, iss: &str, aud: &str, jti: Option<&str>) -> String {
+    let mut claims = json!({
+        "iss": iss, "aud": aud, "sub": "pipeline:deploy",
+        "iat": now(), "nbf": now() - 5, "exp": now() + 300,
+    });
+    if let Some(j) = jti {
+        claims["jti"] = json!(j);
+    }
+    key.sign(&claims)
+}
