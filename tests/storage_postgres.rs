@@ -37,6 +37,9 @@ async fn replicas_migrate_once_share_writes_and_hear_each_others_changes() {
         assert_eq!(r.schema_version(), schema::VERSION);
     }
     let (a, b, c) = (&replicas[0], &replicas[1], &replicas[2]);
+    // subscribed before the first change: a subscriber that joins later may still get changes
+    // its replica's follower had not delivered yet
+    let mut rx_a = a.subscribe();
     let mut rx_b = b.subscribe();
     let mut rx_c = c.subscribe();
     // a write through A is read through B at once
@@ -68,7 +71,7 @@ async fn replicas_migrate_once_share_writes_and_hear_each_others_changes() {
     assert!(matches!(r, Err(StorageError::Conflict)), "{r:?}");
     assert_eq!(a.get(b"k/other").await.unwrap(), None);
     // every replica hears every change, once, in commit order
-    for rx in [&mut rx_b, &mut rx_c] {
+    for rx in [&mut rx_a, &mut rx_b, &mut rx_c] {
         let mut got = Vec::new();
         while got.len() < 2 {
             got.push(
@@ -82,7 +85,6 @@ async fn replicas_migrate_once_share_writes_and_hear_each_others_changes() {
         assert!(rx.try_recv().is_err(), "a failed commit notified");
     }
     // concurrent notifying writers on two replicas: every change delivered in one order
-    let mut rx_a = a.subscribe();
     let mut tasks = Vec::new();
     for (i, r) in [a.clone(), b.clone()].into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
