@@ -71,7 +71,6 @@ impl Leadership {
         self.view.borrow().clone()
     }
 
-    /// Changes of the view.
     /// The leader as last seen, while its lease lasts by this replica's clock: a replica cut
     /// off from the store stops naming a leader (itself included) once that lease ran out.
     pub fn leader(&self) -> Option<String> {
@@ -83,6 +82,7 @@ impl Leadership {
         }
     }
 
+    /// Changes of the view.
     pub fn subscribe(&self) -> watch::Receiver<View> {
         self.view.subscribe()
     }
