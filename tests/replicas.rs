@@ -175,6 +175,46 @@ async fn writes_through_one_replica_are_read_and_watched_through_the_others() {
     }
     // r1 served the 20 writes: its chain holds more than the others
     assert!(v["chains"][0]["records"].as_u64() > v["chains"][2]["records"].as_u64());
+    // the same, from the replicas' configs (the logs their [audit] sections name)
+    let by_config = std::process::Command::new(BIN)
+        .args(["audit", "verify", "--json"])
+        .args(
+            [&ra, &rb, &rc]
+                .iter()
+                .flat_map(|c| ["--config".as_ref(), c.as_os_str()]),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        by_config.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_config.stderr)
+    );
+    let w: serde_json::Value = serde_json::from_slice(&by_config.stdout).unwrap();
+    for (a, b) in v["chains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(w["chains"].as_array().unwrap())
+    {
+        assert_eq!((&a["records"], &a["nodes"]), (&b["records"], &b["nodes"]));
+    }
+    let tail = std::process::Command::new(BIN)
+        .args(["audit", "tail", "-n", "3", "--config"])
+        .arg(&rb)
+        .output()
+        .unwrap();
+    assert!(
+        tail.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tail.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&tail.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|r| r["node"] == "r2"), "{lines:?}");
     // one tampered chain fails the whole verification and is named
     let seg = std::fs::read_dir(&dirs[1])
         .unwrap()

@@ -323,14 +323,32 @@ fn load_options(
     })
 }
 
+/// The audit directory a daemon config's `[audit]` names.
+fn audit_dir_of(config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    Ok(crate::config::Config::load(config)?.audit.dir)
+}
+
+/// The directory given, or the one a config names (clap makes sure there is exactly one).
+fn log_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match (dir, config) {
+        (Some(d), _) => Ok(d),
+        (None, Some(c)) => audit_dir_of(&c),
+        (None, None) => anyhow::bail!("give an audit directory or --config"),
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
     /// Walk every segment of each directory (one chain per replica): OK with counts, or the
     /// first bad sequence number (exit 1 if any chain is bad).
     Verify {
         /// Audit directories, one per replica.
-        #[arg(required = true, num_args = 1..)]
+        #[arg(required_unless_present = "config", num_args = 0..)]
         dirs: Vec<PathBuf>,
+        /// Daemon configs (repeatable, one per replica): verify the log each one's `[audit]`
+        /// names, beside any DIR given.
+        #[arg(long)]
+        config: Vec<PathBuf>,
         /// Ed25519 public key (base64) to check checkpoints with; default DIR/audit.pub. Only
         /// with a single directory.
         #[arg(long)]
@@ -342,7 +360,11 @@ enum AuditCommand {
     /// Print records as JSON lines (`--follow` keeps reading new ones).
     Tail {
         /// The audit directory.
-        dir: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// A daemon config: the log its `[audit]` names.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// Records to show.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
@@ -353,7 +375,11 @@ enum AuditCommand {
     /// Print every record since a time (RFC 3339) as JSON lines, for a SIEM.
     Export {
         /// The audit directory.
-        dir: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// A daemon config: the log its `[audit]` names.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// RFC 3339 time, e.g. 2026-11-27T00:00:00Z.
         #[arg(long)]
         since: String,
@@ -686,13 +712,36 @@ pub async fn run(cli: Cli) -> i32 {
             Err(e) => Err(e),
         },
         Command::Audit { command } => match command {
-            AuditCommand::Verify { dirs, pubkey, json } => {
-                return crate::audit::cli::verify(&dirs, pubkey.as_deref(), json)
+            AuditCommand::Verify {
+                mut dirs,
+                config,
+                pubkey,
+                json,
+            } => {
+                for c in &config {
+                    match audit_dir_of(c) {
+                        Ok(d) => dirs.push(d),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            return 64;
+                        }
+                    }
+                }
+                return crate::audit::cli::verify(&dirs, pubkey.as_deref(), json);
             }
-            AuditCommand::Tail { dir, lines, follow } => {
-                crate::audit::cli::tail(&dir, lines, follow).await
-            }
-            AuditCommand::Export { dir, since } => crate::audit::cli::export(&dir, &since),
+            AuditCommand::Tail {
+                dir,
+                config,
+                lines,
+                follow,
+            } => match log_dir(dir, config) {
+                Ok(d) => crate::audit::cli::tail(&d, lines, follow).await,
+                Err(e) => Err(e),
+            },
+            AuditCommand::Export { dir, config, since } => match log_dir(dir, config) {
+                Ok(d) => crate::audit::cli::export(&d, &since),
+                Err(e) => Err(e),
+            },
             AuditCommand::Hash { value, key } => crate::audit::cli::hash(&value, &key),
         },
         Command::Admin { command, conn } => match command {
