@@ -3,6 +3,11 @@
 //! down, database unreachable, not the leader), is sent again to the next address. The request
 //! is one protobuf message (every keygate RPC is unary or server-streaming), buffered so it can
 //! be resent. The last address's answer is returned as it is.
+//!
+//! A replica can also die while its answer is on the wire (kill -9 after the headers): for the
+//! calls that only read ([`READS`]), the answer is read whole before it is returned, and one cut
+//! short is asked of the next address too. A call that changes something is not sent again once
+//! a replica may have acted on it: its caller sees the error and decides.
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
@@ -14,6 +19,36 @@ use tower::{Service, ServiceExt};
 
 /// gRPC status code 14.
 const UNAVAILABLE: &str = "14";
+
+/// Unary calls that change nothing, so asking another replica again is always safe.
+pub const READS: &[&str] = &[
+    "/keygate.v1.Secrets/Get",
+    "/keygate.v1.Secrets/List",
+    "/keygate.v1.Leases/List",
+    "/keygate.v1.Admin/ServerInfo",
+    "/keygate.v1.Admin/ListRoles",
+    "/keygate.v1.Admin/GetRole",
+    "/keygate.v1.Admin/GetRotationStatus",
+    "/keygate.v1.Admin/AuditHead",
+    "/grpc.health.v1.Health/Check",
+];
+
+/// Reads `resp` whole (body and trailers) into a response that replays it.
+async fn buffered(
+    resp: http::Response<Body>,
+) -> Result<http::Response<Body>, Box<dyn std::error::Error + Send + Sync>> {
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await?;
+    let trailers = collected.trailers().cloned();
+    let mut frames = vec![Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(
+        collected.to_bytes(),
+    ))];
+    if let Some(t) = trailers {
+        frames.push(Ok(hyper::body::Frame::trailers(t)));
+    }
+    let body = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    Ok(http::Response::from_parts(parts, Body::new(body)))
+}
 
 /// Several channels, tried in order for every call.
 #[derive(Clone, Debug)]
@@ -79,6 +114,15 @@ impl Service<http::Request<Body>> for Failover {
                     Ok(resp) if more && unavailable(&resp) => {
                         tracing::debug!(%addr, "UNAVAILABLE; trying the next address");
                         last = Some(Ok(resp));
+                    }
+                    Ok(resp) if more && READS.contains(&parts.uri.path()) => {
+                        match buffered(resp).await {
+                            Ok(resp) => return Ok(resp),
+                            Err(e) => {
+                                tracing::debug!(%addr, error = %e, "the answer was cut short; asking the next address");
+                                last = Some(Err(e));
+                            }
+                        }
                     }
                     Ok(resp) => return Ok(resp),
                     Err(e) => {
