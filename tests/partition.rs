@@ -265,11 +265,21 @@ length = 24
     let in_flight = {
         let a2 = a2.clone();
         tokio::spawn(async move {
-            pb::admin_client::AdminClient::new(a2)
-                .rotate_secret(pb::RotateSecretRequest {
-                    path: "app/rot".into(),
-                })
-                .await
+            let mut c = pb::admin_client::AdminClient::new(a2);
+            loop {
+                let r = c
+                    .rotate_secret(pb::RotateSecretRequest {
+                        path: "app/rot".into(),
+                    })
+                    .await;
+                // ABORTED: the leader's first scheduling round was writing the state; again
+                match r {
+                    Err(e) if e.code() == tonic::Code::Aborted => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                    }
+                    other => break other,
+                }
+            }
         })
     };
     wait_for(

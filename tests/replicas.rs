@@ -518,14 +518,34 @@ length = 24
     assert!(e.message().contains("r1"), "{}", e.message());
     let first = rotation_status(&env, &r2, "app/rot").await;
     // the leader rotates and dies after the pending step (its process aborts)
-    let _ = pb::admin_client::AdminClient::new(env.admin_channel(&r1).await)
-        .rotate_secret(pb::RotateSecretRequest {
-            path: "app/rot".into(),
-        })
-        .await;
+    // (ABORTED: the leader's first scheduling round was writing the rotation's state at that
+    // moment; asked again)
+    let mut admin1 = pb::admin_client::AdminClient::new(env.admin_channel(&r1).await);
+    for _ in 0..50 {
+        match admin1
+            .rotate_secret(pb::RotateSecretRequest {
+                path: "app/rot".into(),
+            })
+            .await
+        {
+            Err(e) if e.code() == tonic::Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            _ => break,
+        }
+    }
     let mut r1 = r1;
     let died = Instant::now();
-    let code = r1.child.wait().unwrap();
+    let code = loop {
+        if let Some(code) = r1.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "r1 did not crash after the pending step"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(!code.success(), "r1 was to crash after the pending step");
     assert_eq!(rotation_status(&env, &r2, "app/rot").await.state, "pending");
     // a survivor takes over within 10 s and finishes the rotation, once
@@ -859,14 +879,23 @@ length = 24
         watches.push(w);
     }
     // the leader runs the rotation (a follower would refuse: only one replica rotates)
-    let sent = Instant::now();
-    pb::admin_client::AdminClient::new(env.admin_channel(&r1).await)
-        .rotate_secret(pb::RotateSecretRequest {
-            path: "app/rotwatch".into(),
-        })
-        .await
-        .unwrap();
-    let answered = sent.elapsed();
+    let mut admin1 = pb::admin_client::AdminClient::new(env.admin_channel(&r1).await);
+    let (sent, answered) = loop {
+        let sent = Instant::now();
+        match admin1
+            .rotate_secret(pb::RotateSecretRequest {
+                path: "app/rotwatch".into(),
+            })
+            .await
+        {
+            Ok(_) => break (sent, sent.elapsed()),
+            // the leader's first scheduling round was writing the rotation's state: again
+            Err(e) if e.code() == tonic::Code::Aborted => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
     let want = before.current_version + 1;
     for (w, name) in watches.iter_mut().zip(["r2", "r3"]) {
         // the new version becomes readable by its promotion: the event that says so comes
