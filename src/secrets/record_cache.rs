@@ -15,20 +15,28 @@ use std::sync::{Arc, Mutex};
 /// Entries kept before the cache starts over.
 const CAPACITY: usize = 16_384;
 
-/// (path, version) → (creation time, record).
-type Entries = HashMap<(String, u64), (u64, Arc<VersionRecord>)>;
+/// path → version → (creation time, record). Nested so a lookup borrows the path (no
+/// allocation on the read path).
+type Entries = HashMap<String, HashMap<u64, (u64, Arc<VersionRecord>)>>;
+
+#[derive(Default)]
+struct Held {
+    entries: Entries,
+    /// Versions held, over all paths.
+    len: usize,
+}
 
 /// See the module docs.
 #[derive(Default)]
 pub struct RecordCache {
-    entries: Mutex<Entries>,
+    held: Mutex<Held>,
 }
 
 impl RecordCache {
     /// The record of `path` at `version`, if cached with `created_at`.
     pub fn get(&self, path: &str, version: u64, created_at: u64) -> Option<Arc<VersionRecord>> {
-        let e = self.entries.lock().ok()?;
-        match e.get(&(path.to_string(), version)) {
+        let h = self.held.lock().ok()?;
+        match h.entries.get(path).and_then(|v| v.get(&version)) {
             Some((at, r)) if *at == created_at => Some(r.clone()),
             _ => None,
         }
@@ -36,31 +44,44 @@ impl RecordCache {
 
     /// Remembers a readable version's record.
     pub fn insert(&self, path: &str, version: u64, created_at: u64, record: Arc<VersionRecord>) {
-        if let Ok(mut e) = self.entries.lock() {
-            if e.len() >= CAPACITY {
-                e.clear();
+        if let Ok(mut h) = self.held.lock() {
+            if h.len >= CAPACITY {
+                *h = Held::default();
             }
-            e.insert((path.to_string(), version), (created_at, record));
+            let fresh = h
+                .entries
+                .entry(path.to_string())
+                .or_default()
+                .insert(version, (created_at, record))
+                .is_none();
+            h.len += usize::from(fresh);
         }
     }
 
     /// Forgets one version.
     pub fn forget(&self, path: &str, version: u64) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.remove(&(path.to_string(), version));
+        if let Ok(mut h) = self.held.lock() {
+            let Some(v) = h.entries.get_mut(path) else {
+                return;
+            };
+            let gone = v.remove(&version).is_some();
+            if v.is_empty() {
+                h.entries.remove(path);
+            }
+            h.len -= usize::from(gone);
         }
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        if let Ok(mut e) = self.entries.lock() {
-            e.clear();
+        if let Ok(mut h) = self.held.lock() {
+            *h = Held::default();
         }
     }
 
     /// Entries held (for tests).
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        self.held.lock().map(|h| h.len).unwrap_or(0)
     }
 
     /// Whether nothing is held.
@@ -127,5 +148,14 @@ mod tests {
         c.insert("a/b", 1, 100, rec("x"));
         c.on_change(crate::storage::RESYNC);
         assert!(c.is_empty());
+        // counted over paths; a re-insert is not a second entry
+        c.insert("a/b", 1, 100, rec("x"));
+        c.insert("a/b", 1, 100, rec("x"));
+        c.insert("a/c", 4, 100, rec("y"));
+        assert_eq!(c.len(), 2);
+        c.forget("a/c", 4);
+        c.forget("a/c", 4);
+        assert_eq!(c.len(), 1);
+        assert!(c.get("a/c", 4, 100).is_none());
     }
 }
