@@ -139,12 +139,11 @@ fn default_max_replay_entries() -> usize {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAudit {
+    store: Option<String>,
     #[serde(default = "default_audit_dir")]
     dir: PathBuf,
-    #[serde(default = "default_audit_signing")]
-    signing_key_file: PathBuf,
-    #[serde(default = "default_audit_hmac")]
-    hmac_key_file: PathBuf,
+    signing_key_file: Option<PathBuf>,
+    hmac_key_file: Option<PathBuf>,
     #[serde(default = "default_audit_head")]
     head_file: PathBuf,
     #[serde(default = "default_segment_bytes")]
@@ -173,9 +172,10 @@ fn default_sink_queue() -> usize {
 impl Default for RawAudit {
     fn default() -> Self {
         Self {
+            store: None,
             dir: default_audit_dir(),
-            signing_key_file: default_audit_signing(),
-            hmac_key_file: default_audit_hmac(),
+            signing_key_file: None,
+            hmac_key_file: None,
             head_file: default_audit_head(),
             segment_bytes: default_segment_bytes(),
             checkpoint_every: default_checkpoint_every(),
@@ -190,12 +190,6 @@ impl Default for RawAudit {
 
 fn default_audit_dir() -> PathBuf {
     PathBuf::from("audit")
-}
-fn default_audit_signing() -> PathBuf {
-    PathBuf::from("audit-signing.key")
-}
-fn default_audit_hmac() -> PathBuf {
-    PathBuf::from("audit-hmac.key")
 }
 fn default_audit_head() -> PathBuf {
     PathBuf::from("audit.head")
@@ -213,15 +207,41 @@ fn default_write_deadline() -> u64 {
     2000
 }
 
+/// Where the audit records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditStore {
+    /// Segment files in `dir` (the default).
+    Files,
+    /// The `keygate_audit` table of the PostgreSQL storage backend: a replica keeps nothing
+    /// local.
+    Postgres,
+}
+
+/// Where the audit signing (anchor) and HMAC keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditKeySource {
+    /// Key files (created if missing, mode 0600): the Ed25519 checkpoint anchor key and the
+    /// HMAC key for value references.
+    Files {
+        /// The anchor signing key.
+        signing: PathBuf,
+        /// The HMAC key.
+        hmac: PathBuf,
+    },
+    /// The store, sealed under the KEK like every secret (`_sys/audit-keys`), shared by all
+    /// replicas.
+    Store,
+}
+
 /// The audit log's settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
-    /// Segment directory.
+    /// Where the records are kept.
+    pub store: AuditStore,
+    /// Segment directory (file store).
     pub dir: PathBuf,
-    /// Ed25519 checkpoint signing key (created if missing, mode 0600).
-    pub signing_key_file: PathBuf,
-    /// HMAC key for value references (created if missing, mode 0600).
-    pub hmac_key_file: PathBuf,
+    /// Where the keys come from.
+    pub keys: AuditKeySource,
     /// The durable head of the log (`seq chain-hash`), kept outside `dir`.
     pub head_file: PathBuf,
     /// Segment size.
@@ -881,12 +901,50 @@ impl Config {
                 ))
             }
         };
+        let store = match a.store.as_deref() {
+            None | Some("files") => AuditStore::Files,
+            Some("postgres") => {
+                if !matches!(storage, StorageConfig::Postgres(_)) {
+                    return Err(ctx.err(
+                        "audit",
+                        "store",
+                        "\"postgres\" keeps the audit log in the storage database: set [storage] backend = \"postgres\"",
+                    ));
+                }
+                AuditStore::Postgres
+            }
+            Some(other) => {
+                return Err(ctx.err(
+                    "audit",
+                    "store",
+                    format!("{other:?}: use \"files\" or \"postgres\""),
+                ))
+            }
+        };
+        let keys = match (a.signing_key_file, a.hmac_key_file, store) {
+            (Some(s), Some(h), _) => AuditKeySource::Files {
+                signing: ctx.resolve(&s),
+                hmac: ctx.resolve(&h),
+            },
+            (None, None, AuditStore::Postgres) => AuditKeySource::Store,
+            (s, h, AuditStore::Files) => AuditKeySource::Files {
+                signing: ctx.resolve(&s.unwrap_or_else(|| PathBuf::from("audit-signing.key"))),
+                hmac: ctx.resolve(&h.unwrap_or_else(|| PathBuf::from("audit-hmac.key"))),
+            },
+            _ => {
+                return Err(ctx.err(
+                    "audit",
+                    "signing_key_file",
+                    "with store = \"postgres\" set both signing_key_file and hmac_key_file (keys the operator mounts), or neither (keys kept in the database)",
+                ))
+            }
+        };
         let audit = AuditConfig {
             sink,
             sink_queue: a.sink_queue.clamp(1, 1_000_000),
+            store,
             dir: ctx.resolve(&a.dir),
-            signing_key_file: ctx.resolve(&a.signing_key_file),
-            hmac_key_file: ctx.resolve(&a.hmac_key_file),
+            keys,
             head_file: ctx.resolve(&a.head_file),
             segment_bytes: a.segment_bytes,
             checkpoint_every: a.checkpoint_every,

@@ -132,6 +132,29 @@ fn bad_config_matrix() {
             edit: |t| t.replace("client_ca_file = \"ca.pem\"\n", ""),
             expect: &["key `admin.subjects`", "tls.client_ca_file"],
         },
+        Case {
+            name: "audit in the database without a database",
+            edit: |t| t + "\n[audit]\nstore = \"postgres\"\n",
+            expect: &["key `audit.store`", "set [storage] backend = \"postgres\""],
+        },
+        Case {
+            name: "unknown audit store",
+            edit: |t| t + "\n[audit]\nstore = \"s3\"\n",
+            expect: &["key `audit.store`", "\"s3\": use \"files\" or \"postgres\""],
+        },
+        Case {
+            name: "database audit store with one of its two key files",
+            edit: |t| {
+                t.replace(
+                    "[storage]\nbackend = \"sled\"\npath = \"data\"\n",
+                    "[storage]\nbackend = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/none\"\ntls = \"dangerous_disable\"\n",
+                ) + "\n[audit]\nstore = \"postgres\"\nsigning_key_file = \"audit-signing.key\"\n"
+            },
+            expect: &[
+                "key `audit.signing_key_file`",
+                "set both signing_key_file and hmac_key_file",
+            ],
+        },
     ];
     for case in cases {
         let env = TestEnv::new();

@@ -340,22 +340,23 @@ scopes = ["read:x/*"]
         "child user outlived its credential"
     );
 
-    // a user never outlives the credential that asked for it: a 4 s credential gets a user
-    // capped at 4 s (the role's default is 30 s), renewals cannot extend it, and the user is
+    // a user never outlives the credential that asked for it: an 8 s credential gets a user
+    // capped at 8 s (the role's default is 30 s; 8 s, not less, leaves a loaded CI machine
+    // time to ask before the credential runs out), renewals cannot extend it, and the user is
     // dropped when the credential expires
     let brief = pb::token_exchange_client::TokenExchangeClient::new(ch.clone())
         .exchange(pb::ExchangeRequest {
             subject_token: token("app"),
             subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
             role: "app".into(),
-            ttl_seconds: 4,
+            ttl_seconds: 8,
             ..Default::default()
         })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(brief.expires_in, 4);
-    let cred_exp = now() + 4;
+    assert_eq!(brief.expires_in, 8);
+    let cred_exp = now() + 8;
     let capped = dbc
         .generate(bearer(
             pb::GenerateDatabaseCredentialsRequest {

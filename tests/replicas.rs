@@ -502,7 +502,7 @@ length = 24
     for d in [&r2, &r3] {
         let info = admin_info(&env, d);
         assert_eq!(info["backend"], "postgres");
-        assert_eq!(info["schema_version"], 1);
+        assert_eq!(info["schema_version"], 2);
         assert_eq!(info["leader"], "r1");
     }
     assert_eq!(admin_info(&env, &r2)["node_id"], "r2");

@@ -77,7 +77,7 @@ async fn rolling_upgrade_and_rollback_under_load_fail_no_request() {
     let (c2, p2) = fixed_config(&env, "r2", &url);
     let mut r1 = env.start_config(&c1);
     let mut r2 = env.start_config(&c2);
-    assert_eq!(schema_version(&env, &r1), 1);
+    assert_eq!(schema_version(&env, &r1), 2);
     let ch = keygate::client::connect(&keygate::client::Conn {
         addr: format!("https://127.0.0.1:{p1},https://127.0.0.1:{p2}"),
         cacert: Some(env.paths.ca.clone()),
@@ -128,16 +128,16 @@ async fn rolling_upgrade_and_rollback_under_load_fail_no_request() {
 
     // upgrade, one replica at a time: N migrates the schema while N-1 still serves on it
     r1 = replace(&env, r1, &c1, NEXT).await;
-    assert_eq!(schema_version(&env, &r1), 2);
+    assert_eq!(schema_version(&env, &r1), 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     r2 = replace(&env, r2, &c2, NEXT).await;
-    assert_eq!(schema_version(&env, &r2), 2);
+    assert_eq!(schema_version(&env, &r2), 3);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let upgraded = acked.lock().unwrap().len();
 
     // rollback to N-1 after N's migration ran: N-1 runs on the newer, compatible schema
     r1 = replace(&env, r1, &c1, &[]).await;
-    assert_eq!(schema_version(&env, &r1), 2, "not migrated back");
+    assert_eq!(schema_version(&env, &r1), 3, "not migrated back");
     assert!(r1
         .log_text()
         .contains("declared compatible with it: running on it without migrating"));
@@ -183,7 +183,7 @@ async fn rolling_upgrade_and_rollback_under_load_fail_no_request() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("the database schema is version 2, which needs keygate schema version 2 or newer; this keygate knows version 1"),
+        err.contains("the database schema is version 3, which needs keygate schema version 3 or newer; this keygate knows version 2"),
         "{err}"
     );
     pg::drop_database(&db).await;

@@ -261,6 +261,9 @@ impl pb::admin_server::Admin for AdminApi {
                     base64::engine::general_purpose::STANDARD.encode(self.state.audit.public_key())
                 },
                 healthy: self.state.audit.healthy(),
+                anchor_public_key: self.state.audit_keys.anchor_public_base64(),
+                node: self.state.node_id.clone(),
+                store: self.state.audit.store().to_string(),
             })
         }
         .await;

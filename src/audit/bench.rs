@@ -5,11 +5,13 @@ use super::writer::{AuditWriter, WriterConfig};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Runs the benchmark in a temporary directory under `dir`.
+/// Runs the benchmark in a temporary directory under `dir`, or on a database `table` (a chain
+/// of its own, node `bench-<pid>-<clients>`).
 pub async fn run(
     dir: &std::path::Path,
     clients: usize,
     duration: Duration,
+    table: Option<Arc<dyn super::table::AuditTable>>,
 ) -> anyhow::Result<String> {
     let tmp = dir.join(format!("keygate-audit-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -18,23 +20,24 @@ pub async fn run(
             .map_err(|_| anyhow::anyhow!("key generation failed"))?;
     let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref())
         .map_err(|_| anyhow::anyhow!("key"))?;
-    let w = Arc::new(
-        AuditWriter::open(
-            WriterConfig {
-                dir: tmp.clone(),
-                segment_bytes: 64 * 1024 * 1024,
-                checkpoint_every: 1000,
-                checkpoint_interval: Duration::from_secs(60),
-                write_deadline: Duration::from_secs(10),
-                node: "bench".into(),
-                sink: None,
-                sink_queue: 0,
-                head_file: None,
-            },
-            key,
-        )
-        .map_err(|e| anyhow::anyhow!(e))?,
-    );
+    let cfg = WriterConfig {
+        dir: tmp.clone(),
+        segment_bytes: 64 * 1024 * 1024,
+        checkpoint_every: 1000,
+        checkpoint_interval: Duration::from_secs(60),
+        write_deadline: Duration::from_secs(10),
+        node: format!("bench-{}-{clients}", std::process::id()),
+        sink: None,
+        sink_queue: 0,
+        head_file: None,
+    };
+    let store = if table.is_some() { "postgres" } else { "files" };
+    let w = Arc::new(match table {
+        Some(t) => AuditWriter::open_on_table(cfg, key, Arc::new(crate::clock::SystemClock), t)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?,
+        None => AuditWriter::open(cfg, key).map_err(|e| anyhow::anyhow!(e))?,
+    });
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -81,7 +84,7 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&tmp);
     let l = Latencies::of(all, secs);
     Ok(format!(
-        "clients={clients} records={} records_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
+        "store={store} clients={clients} records={} records_per_s={:.0} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
         l.count, l.per_s, l.p50_ms, l.p99_ms, l.max_ms
     ))
 }

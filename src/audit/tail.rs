@@ -41,6 +41,23 @@ fn verifies(key: &[u8], msg: &[u8], sig_b64: Option<&str>) -> bool {
 /// the writer signs with now) and the `head` a previous run left; `seq_before` is the last
 /// sequence number of the segments before this one (0 for the first).
 pub fn check(bytes: &[u8], key: &[u8], head: Option<(u64, String)>, seq_before: u64) -> TailCheck {
+    check_with(bytes, key, head, seq_before, true)
+}
+
+/// Like [`check`] for a log whose every batch is sealed by construction (a database table's
+/// chain: one transaction per batch): lines no seal covers are never taken on, even in a log
+/// with no seal at all, and there is no head file.
+pub fn check_sealed(bytes: &[u8], key: &[u8], seq_before: u64) -> TailCheck {
+    check_with(bytes, key, None, seq_before, false)
+}
+
+fn check_with(
+    bytes: &[u8],
+    key: &[u8],
+    head: Option<(u64, String)>,
+    seq_before: u64,
+    allow_unsealed_log: bool,
+) -> TailCheck {
     let mut lines: Vec<(usize, &[u8])> = Vec::new();
     let mut off = 0;
     for l in bytes.split_inclusive(|c| *c == b'\n') {
@@ -106,7 +123,7 @@ pub fn check(bytes: &[u8], key: &[u8], head: Option<(u64, String)>, seq_before: 
             }
         }
     }
-    let legacy = head.is_none() && !sealed_anywhere;
+    let legacy = allow_unsealed_log && head.is_none() && !sealed_anywhere;
     if legacy {
         // a log from a version without seals: nothing to check the tail against
         good = lines.len().checked_sub(1);

@@ -80,7 +80,7 @@ pub enum Fault {
         sealed: u64,
     },
     /// The writer found records that did not verify when it reopened the log after a crash.
-    #[error("seq {seq}: records {seq}..={to} did not verify when the writer restarted (changed, re-chained or cut after a crash); set aside in quarantine-{seq:020}.log, never signed")]
+    #[error("seq {seq}: records {seq}..={to} did not verify when the writer restarted (changed, re-chained or cut after a crash); set aside in quarantine (quarantine-{seq:020}.log, or the keygate_audit_quarantine table), never signed")]
     UnverifiedAtRestart {
         /// First unverified record.
         seq: u64,
@@ -137,6 +137,15 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
                 .filter(|l| !l.is_empty())
                 .map(|l| l.to_vec()),
         );
+    }
+    verify_lines(&lines, segs.len(), pubkey)
+}
+
+/// Verifies one chain given as its lines in order (the segments' lines, or a table's rows);
+/// `segments` is only reported.
+pub fn verify_lines(lines: &[Vec<u8>], segments: usize, pubkey: &[u8]) -> Result<Report, Fault> {
+    if lines.is_empty() {
+        return Err(Fault::Empty("the chain".into()));
     }
     // the anchor key; a signed key_rotation record hands over to the next one
     let mut current = pubkey.to_vec();
@@ -267,7 +276,7 @@ pub fn verify(dir: &Path, pubkey: &[u8]) -> Result<Report, Fault> {
     }
     Ok(Report {
         key_rotations,
-        segments: segs.len(),
+        segments,
         records: last,
         checkpoints,
         last_seq: last,
@@ -281,41 +290,53 @@ pub fn active_key(dir: &Path, candidates: &[Vec<u8>]) -> Result<Option<usize>, S
     let segs = segments(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for s in segs.iter().rev() {
         let b = std::fs::read(s).map_err(|e| format!("{}: {e}", s.display()))?;
-        for line in b.split(|c| *c == b'\n').rev().filter(|l| !l.is_empty()) {
-            let Ok(r) = serde_json::from_slice::<Record>(line) else {
-                continue;
-            };
-            let found = match r.kind {
-                Kind::KeyRotation => {
-                    let k = r.key.as_deref().and_then(|k| B64.decode(k).ok());
-                    candidates.iter().position(|c| Some(c) == k.as_ref())
-                }
-                Kind::Checkpoint => {
-                    let sig = r.sig.as_deref().and_then(|s| B64.decode(s).ok());
-                    let msg = checkpoint_message(r.seq, &r.prev, &r.time);
-                    candidates.iter().position(|c| {
-                        sig.as_ref().is_some_and(|sig| {
-                            aws_lc_rs::signature::UnparsedPublicKey::new(
-                                &aws_lc_rs::signature::ED25519,
-                                c,
-                            )
-                            .verify(&msg, sig)
-                            .is_ok()
-                        })
+        let found = active_key_in(b.split(|c| *c == b'\n').rev(), candidates)?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// [`active_key`] over lines given newest first (a table's tail, reversed).
+pub fn active_key_in<'a>(
+    newest_first: impl Iterator<Item = &'a [u8]>,
+    candidates: &[Vec<u8>],
+) -> Result<Option<usize>, String> {
+    for line in newest_first.filter(|l| !l.is_empty()) {
+        let Ok(r) = serde_json::from_slice::<Record>(line) else {
+            continue;
+        };
+        let found = match r.kind {
+            Kind::KeyRotation => {
+                let k = r.key.as_deref().and_then(|k| B64.decode(k).ok());
+                candidates.iter().position(|c| Some(c) == k.as_ref())
+            }
+            Kind::Checkpoint => {
+                let sig = r.sig.as_deref().and_then(|s| B64.decode(s).ok());
+                let msg = checkpoint_message(r.seq, &r.prev, &r.time);
+                candidates.iter().position(|c| {
+                    sig.as_ref().is_some_and(|sig| {
+                        aws_lc_rs::signature::UnparsedPublicKey::new(
+                            &aws_lc_rs::signature::ED25519,
+                            c,
+                        )
+                        .verify(&msg, sig)
+                        .is_ok()
                     })
-                }
-                _ => continue,
-            };
-            return match found {
-                Some(i) => Ok(Some(i)),
-                None => Err(format!(
-                    "the audit log's last signed record (seq {}) is signed by a checkpoint key \
+                })
+            }
+            _ => continue,
+        };
+        return match found {
+            Some(i) => Ok(Some(i)),
+            None => Err(format!(
+                "the audit log's last signed record (seq {}) is signed by a checkpoint key \
                      keygate does not have; restore it (audit.signing_key_file or the store) \
                      before starting",
-                    r.seq
-                )),
-            };
-        }
+                r.seq
+            )),
+        };
     }
     Ok(None)
 }

@@ -5,6 +5,7 @@
 use super::record::{
     checkpoint_message, key_rotation_message, line_hash, seal_message, Kind, Record, GENESIS,
 };
+use super::table::{kind_name, AuditTable, Row};
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -128,6 +129,7 @@ pub struct AuditWriter {
     pub sink_dropped: Arc<AtomicU64>,
     head: Arc<Mutex<(u64, String)>>,
     public: Arc<Mutex<Vec<u8>>>,
+    store: &'static str,
 }
 
 /// Milliseconds since the epoch as RFC 3339.
@@ -187,18 +189,68 @@ fn last_seq_of(p: &Path) -> Result<u64, String> {
 struct State {
     cfg: WriterConfig,
     key: Ed25519KeyPair,
-    file: File,
-    path: PathBuf,
-    good_len: u64,
+    log: Log,
     seq: u64,
     prev: String,
     since_checkpoint: u64,
     last_checkpoint: Instant,
     sink: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
-    head: Option<File>,
     /// Stamps every record's `time` as it is sequenced (the injected clock, as everywhere).
     clock: Arc<dyn crate::clock::Clock>,
+}
+
+/// Where the lines go.
+enum Log {
+    /// Segment files in `cfg.dir`.
+    Files(FileLog),
+    /// A database table (`[audit] store = "postgres"`).
+    Table(TableLog),
+}
+
+struct FileLog {
+    file: File,
+    path: PathBuf,
+    good_len: u64,
+    head: Option<File>,
+}
+
+struct TableLog {
+    table: Arc<dyn AuditTable>,
+    /// The daemon's runtime, which drives the database connections; the writer thread blocks
+    /// on it (it is not one of the runtime's threads).
+    rt: tokio::runtime::Handle,
+    /// A batch failed: whether its transaction committed is unknown, so the next batch starts
+    /// from the chain's last row in the table.
+    resync: bool,
+}
+
+impl FileLog {
+    /// Appends `buf` (whole lines) and syncs it; a failed attempt's bytes are cut first.
+    fn append(&mut self, buf: &[u8]) -> Result<(), AuditError> {
+        let len = self.file.metadata().map_err(io)?.len();
+        if len != self.good_len {
+            self.file.set_len(self.good_len).map_err(io)?;
+        }
+        self.file.seek(SeekFrom::End(0)).map_err(io)?;
+        self.file.write_all(buf).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.good_len += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Records the durable head (`seq chain-hash`) outside the audit directory, so that a
+    /// restart notices records cut from the end of the log. One fixed-length write, no fsync:
+    /// it survives a killed process; after a power loss it may lag (never lead) the log.
+    fn write_head(&mut self, seq: u64, prev: &str) {
+        if let Some(f) = &self.head {
+            use std::os::unix::fs::FileExt;
+            let line = format!("{seq:020} {prev}\n");
+            if let Err(e) = f.write_all_at(line.as_bytes(), 0) {
+                tracing::warn!(error = %e, "audit head file not updated");
+            }
+        }
+    }
 }
 
 fn io(e: std::io::Error) -> AuditError {
@@ -206,6 +258,64 @@ fn io(e: std::io::Error) -> AuditError {
 }
 
 impl State {
+    fn new(cfg: WriterConfig, key: Ed25519KeyPair, log: Log, seq: u64, prev: String) -> Self {
+        Self {
+            cfg,
+            key,
+            log,
+            seq,
+            prev,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            sink: None,
+            dropped: Arc::new(AtomicU64::new(0)),
+            clock: Arc::new(crate::clock::SystemClock),
+        }
+    }
+
+    /// Reads the chain's tail from the table and checks it as a restart checks the newest
+    /// segment (every batch there ends in a seal, so unsealed lines are never taken on);
+    /// lines that do not verify move to the quarantine table.
+    async fn open_table(
+        cfg: WriterConfig,
+        key: Ed25519KeyPair,
+        table: Arc<dyn AuditTable>,
+    ) -> Result<(Self, Opened), String> {
+        let node = cfg.node.clone();
+        let rows = table.tail(&node).await?;
+        let seq_before = rows.first().map(|r| r.0.saturating_sub(1)).unwrap_or(0);
+        let mut bytes = Vec::new();
+        for (_, line) in &rows {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+        let tc = super::tail::check_sealed(&bytes, key.public_key().as_ref(), seq_before);
+        if let Some(u) = tc.unverified {
+            let moved = table.quarantine(&node, u[0]).await?;
+            tracing::error!(
+                first = u[0],
+                moved,
+                "audit log: lines after the last seal did not verify; moved to keygate_audit_quarantine, never signed"
+            );
+        }
+        let (seq, prev) = match tc.last.clone() {
+            Some(l) => l,
+            None => (0, GENESIS.to_string()),
+        };
+        let opened = Opened {
+            truncated: None,
+            unverified: tc
+                .unverified
+                .map(|u| (u, tc.why.clone().unwrap_or_default())),
+        };
+        let log = Log::Table(TableLog {
+            table,
+            rt: tokio::runtime::Handle::current(),
+            resync: false,
+        });
+        Ok((Self::new(cfg, key, log, seq, prev), opened))
+    }
+
     /// Opens the newest segment (or a first one), truncating a torn last line.
     fn open(cfg: WriterConfig, key: Ed25519KeyPair) -> Result<(Self, Opened), String> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| format!("{}: {e}", cfg.dir.display()))?;
@@ -304,22 +414,14 @@ impl State {
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         let good_len = file.metadata().map_err(|e| e.to_string())?.len();
+        let log = Log::Files(FileLog {
+            file,
+            path,
+            good_len,
+            head: head_file,
+        });
         Ok((
-            Self {
-                cfg,
-                key,
-                file,
-                path,
-                good_len,
-                seq,
-                prev,
-                since_checkpoint: 0,
-                last_checkpoint: Instant::now(),
-                sink: None,
-                dropped: Arc::new(AtomicU64::new(0)),
-                head: head_file,
-                clock: Arc::new(crate::clock::SystemClock),
-            },
+            Self::new(cfg, key, log, seq, prev),
             Opened {
                 truncated,
                 unverified,
@@ -329,8 +431,21 @@ impl State {
 
     /// Serialises `recs` onto the chain and makes them durable; all or nothing.
     fn write(&mut self, recs: &mut [Record]) -> Result<u64, AuditError> {
+        if let Log::Table(t) = &mut self.log {
+            if t.resync {
+                let last = t.rt.block_on(t.table.last(&self.cfg.node));
+                let last = last.map_err(AuditError::Io)?;
+                (self.seq, self.prev) = match last {
+                    Some((seq, line)) => (seq, line_hash(line.as_bytes())),
+                    None => (0, GENESIS.to_string()),
+                };
+                t.resync = false;
+            }
+        }
+        let table = matches!(self.log, Log::Table(_));
         let mut buf = Vec::new();
         let mut lines = Vec::new();
+        let mut rows = Vec::new();
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
         let n = recs.len();
         for (i, r) in recs.iter_mut().enumerate() {
@@ -359,24 +474,39 @@ impl State {
                 line = serde_json::to_vec(r).map_err(|e| AuditError::Io(e.to_string()))?;
             }
             prev = line_hash(&line);
-            buf.extend_from_slice(&line);
-            buf.push(b'\n');
+            if table {
+                // serde_json writes UTF-8
+                let text =
+                    String::from_utf8(line.clone()).map_err(|e| AuditError::Io(e.to_string()))?;
+                rows.push(Row {
+                    seq,
+                    kind: kind_name(r.kind),
+                    line: text,
+                });
+            } else {
+                buf.extend_from_slice(&line);
+                buf.push(b'\n');
+            }
             if self.sink.is_some() {
                 lines.push(line);
             }
         }
-        // a previous failed attempt may have left bytes behind: cut back to the last good line
-        let len = self.file.metadata().map_err(io)?.len();
-        if len != self.good_len {
-            self.file.set_len(self.good_len).map_err(io)?;
+        match &mut self.log {
+            // a previous failed attempt may have left bytes behind: cut back to the last good line
+            Log::Files(f) => {
+                f.append(&buf)?;
+                f.write_head(seq, &prev);
+            }
+            Log::Table(t) => {
+                let done = t.rt.block_on(t.table.append(&self.cfg.node, &rows));
+                if let Err(e) = done {
+                    t.resync = true;
+                    return Err(AuditError::Io(e));
+                }
+            }
         }
-        self.file.seek(SeekFrom::End(0)).map_err(io)?;
-        self.file.write_all(&buf).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
-        self.good_len += buf.len() as u64;
         self.seq = seq;
         self.prev = prev;
-        self.write_head();
         if let Some(sink) = &self.sink {
             for l in lines {
                 if sink.try_send(l).is_err() {
@@ -385,19 +515,6 @@ impl State {
             }
         }
         Ok(seq)
-    }
-
-    /// Records the durable head (`seq chain-hash`) outside the audit directory, so that a
-    /// restart notices records cut from the end of the log. One fixed-length write, no fsync:
-    /// it survives a killed process; after a power loss it may lag (never lead) the log.
-    fn write_head(&mut self) {
-        if let Some(f) = &self.head {
-            use std::os::unix::fs::FileExt;
-            let line = format!("{:020} {}\n", self.seq, self.prev);
-            if let Err(e) = f.write_all_at(line.as_bytes(), 0) {
-                tracing::warn!(error = %e, "audit head file not updated");
-            }
-        }
     }
 
     fn checkpoint_record(&self) -> Record {
@@ -429,8 +546,9 @@ impl State {
     }
 
     fn maybe_rotate(&mut self) -> Result<(), AuditError> {
-        if self.good_len < self.cfg.segment_bytes {
-            return Ok(());
+        match &self.log {
+            Log::Files(f) if f.good_len >= self.cfg.segment_bytes => {}
+            _ => return Ok(()),
         }
         // close the segment with a checkpoint, then continue the chain in a new file
         if self.since_checkpoint > 0 {
@@ -446,9 +564,11 @@ impl State {
         File::open(&self.cfg.dir)
             .and_then(|d| d.sync_all())
             .map_err(io)?;
-        self.file = file;
-        self.path = path;
-        self.good_len = 0;
+        if let Log::Files(f) = &mut self.log {
+            f.file = file;
+            f.path = path;
+            f.good_len = 0;
+        }
         Ok(())
     }
 }
@@ -552,10 +672,60 @@ impl AuditWriter {
         key: Ed25519KeyPair,
         clock: Arc<dyn crate::clock::Clock>,
     ) -> Result<Self, super::SetupError> {
-        let deadline = cfg.write_deadline;
-        let sink_cfg = cfg.sink.clone().map(|s| (s, cfg.sink_queue.max(1)));
-        let (mut st, opened) = State::open(cfg, key).map_err(super::SetupError::Log)?;
+        let (st, opened) = State::open(cfg, key).map_err(super::SetupError::Log)?;
+        let (done, ready) = std::sync::mpsc::sync_channel(1);
+        let w = Self::start(
+            st,
+            opened,
+            clock,
+            Box::new(move |r| {
+                let _ = done.send(r);
+            }),
+        )?;
+        ready.recv().map_err(|_| AuditError::Closed)??;
+        Ok(w)
+    }
+
+    /// Opens the chain of `cfg.node` in a database table (recovering its tail like a
+    /// restart's newest segment) and starts the writer thread; `cfg.dir` is not used.
+    pub async fn open_on_table(
+        cfg: WriterConfig,
+        key: Ed25519KeyPair,
+        clock: Arc<dyn crate::clock::Clock>,
+        table: Arc<dyn AuditTable>,
+    ) -> Result<Self, super::SetupError> {
+        let (st, opened) = State::open_table(cfg, key, table)
+            .await
+            .map_err(super::SetupError::Log)?;
+        let (done, ready) = oneshot::channel();
+        let w = Self::start(
+            st,
+            opened,
+            clock,
+            Box::new(move |r| {
+                let _ = done.send(r);
+            }),
+        )?;
+        ready.await.map_err(|_| AuditError::Closed)??;
+        Ok(w)
+    }
+
+    /// Starts the writer thread, whose first write is the start's `recovery` record (written
+    /// there, not here: a table's writes block on the runtime this may be called from);
+    /// `ready` learns how it went.
+    fn start(
+        mut st: State,
+        opened: Opened,
+        clock: Arc<dyn crate::clock::Clock>,
+        ready: Box<dyn FnOnce(Result<(), AuditError>) + Send>,
+    ) -> Result<Self, super::SetupError> {
         st.clock = clock;
+        let store = match st.log {
+            Log::Files(_) => "files",
+            Log::Table(_) => "postgres",
+        };
+        let deadline = st.cfg.write_deadline;
+        let sink_cfg = st.cfg.sink.clone().map(|s| (s, st.cfg.sink_queue.max(1)));
         let truncated = opened.truncated;
         let sink_dropped = st.dropped.clone();
         if let Some((sink, queue)) = sink_cfg {
@@ -590,8 +760,6 @@ impl AuditWriter {
                 "audit log: records after the last seal did not verify; set aside in quarantine, never signed"
             );
         }
-        st.write(&mut [rec])?;
-        st.since_checkpoint += 1;
         if let Some(n) = truncated {
             tracing::warn!(
                 bytes = n,
@@ -608,7 +776,15 @@ impl AuditWriter {
         let pk = public.clone();
         let thread = std::thread::Builder::new()
             .name("keygate-audit".into())
-            .spawn(move || run(st, rx, h, w, hd, pk))
+            .spawn(move || {
+                let first = st.write(&mut [rec]).map(|_| ());
+                let ok = first.is_ok();
+                ready(first);
+                if ok {
+                    st.since_checkpoint += 1;
+                    run(st, rx, h, w, hd, pk);
+                }
+            })
             .map_err(super::SetupError::Thread)?;
         Ok(Self {
             tx,
@@ -619,7 +795,13 @@ impl AuditWriter {
             sink_dropped,
             head,
             public,
+            store,
         })
+    }
+
+    /// Where the records are kept: `files` or `postgres`.
+    pub fn store(&self) -> &'static str {
+        self.store
     }
 
     /// The public key checkpoints are signed with now.

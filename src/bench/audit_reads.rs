@@ -3,11 +3,15 @@
 use crate::pb;
 use std::time::{Duration, Instant};
 
-/// Runs `clients` concurrent readers for `duration`; one line of results.
+/// Runs `clients` concurrent readers for `duration`; one line of results. With `database`
+/// (a PostgreSQL URL), the daemon's store is that database and, with `audit_in_db`, its audit
+/// log too.
 pub async fn run(
     dir: &std::path::Path,
     clients: usize,
     duration: Duration,
+    database: Option<&str>,
+    audit_in_db: bool,
 ) -> anyhow::Result<String> {
     let tmp = dir.join(format!(
         "keygate-read-bench-{}-{clients}",
@@ -23,7 +27,30 @@ pub async fn run(
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(url) = database {
+        let text = std::fs::read_to_string(&paths.config)?;
+        let sled = "[storage]\nbackend = \"sled\"\npath = \"data\"\n";
+        anyhow::ensure!(
+            text.contains(sled),
+            "the dev config has no sled [storage] section"
+        );
+        let mut text = text.replace(
+            sled,
+            &format!(
+                "[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\ntls = \"dangerous_disable\"\n"
+            ),
+        );
+        if audit_in_db {
+            text.push_str("\n[audit]\nstore = \"postgres\"\n");
+        }
+        std::fs::write(&paths.config, text)?;
+    }
     let cfg = crate::config::Config::load(&paths.config)?;
+    let audit_store = match (&cfg.storage, cfg.audit.store) {
+        (crate::config::StorageConfig::Sled { .. }, _) => "sled+files",
+        (_, crate::config::AuditStore::Files) => "postgres+files",
+        (_, crate::config::AuditStore::Postgres) => "postgres+postgres",
+    };
     let daemon = crate::server::Daemon::start(cfg)
         .await
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
@@ -90,7 +117,7 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&tmp);
     let l = crate::audit::bench::Latencies::of(all, secs);
     Ok(format!(
-        "audited reads: clients={clients} reads={} reads_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
+        "audited reads: store+audit={audit_store} clients={clients} reads={} reads_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
         l.count, l.per_s, l.p50_ms, l.p99_ms
     ))
 }

@@ -383,6 +383,12 @@ pub async fn info(conn: &Conn, json: bool) -> anyhow::Result<()> {
         .map_err(status_error)?
         .into_inner();
     let leader = (!r.leader.is_empty()).then_some(r.leader.clone());
+    // the audit log's store and trust anchor (needs `admin` on `audit`; left out without it)
+    let audit = c
+        .audit_head(pb::AuditHeadRequest {})
+        .await
+        .ok()
+        .map(|h| h.into_inner());
     if json {
         println!(
             "{}",
@@ -394,6 +400,9 @@ pub async fn info(conn: &Conn, json: bool) -> anyhow::Result<()> {
                 "leader": leader,
                 "kek_id": r.kek_id,
                 "secrets": r.secrets,
+                "audit_store": audit.as_ref().map(|a| a.store.clone()),
+                "audit_anchor": audit.as_ref().map(|a| a.anchor_public_key.clone()),
+                "audit_seq": audit.as_ref().map(|a| a.seq),
             })
         );
         return Ok(());
@@ -408,6 +417,12 @@ pub async fn info(conn: &Conn, json: bool) -> anyhow::Result<()> {
         r.kek_id,
         r.secrets
     );
+    if let Some(a) = audit {
+        println!(
+            "audit_store     {}\naudit_anchor    {}\naudit_seq       {}",
+            a.store, a.anchor_public_key, a.seq
+        );
+    }
     Ok(())
 }
 

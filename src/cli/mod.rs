@@ -1,6 +1,7 @@
 //! The command line: `keygate serve | dev | put | get | list | delete | undelete | destroy |
 //! exchange | db-creds | admin | audit | bench`.
 
+mod audit;
 mod backup;
 mod commands;
 mod db;
@@ -238,6 +239,14 @@ enum BenchCommand {
         /// Measure audited secret reads end to end (a daemon over TLS) instead of the writer.
         #[arg(long)]
         reads: bool,
+        /// Where the records go: `files` (in --dir) or `postgres` (the table of --database).
+        #[arg(long, default_value = "files", value_parser = ["files", "postgres"])]
+        store: String,
+        /// A scratch PostgreSQL database on loopback (`postgres://USER@127.0.0.1:5432/DB`):
+        /// `--store postgres` writes bench chains (`bench-<pid>-<clients>`) into its
+        /// `keygate_audit`; with --reads the daemon's store is this database.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// The crypto floor: what an exchange and a read cannot avoid, per second, 1 and all cores.
     Floor {
@@ -323,34 +332,32 @@ fn load_options(
     })
 }
 
-/// The audit directory a daemon config's `[audit]` names.
-fn audit_dir_of(config: &std::path::Path) -> anyhow::Result<PathBuf> {
-    Ok(crate::config::Config::load(config)?.audit.dir)
-}
-
-/// The directory given, or the one a config names (clap makes sure there is exactly one).
-fn log_dir(dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+/// The directory given, or the log a config names (clap makes sure there is exactly one).
+async fn log_of(
+    dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<crate::audit::cli::Log> {
     match (dir, config) {
-        (Some(d), _) => Ok(d),
-        (None, Some(c)) => audit_dir_of(&c),
+        (Some(d), _) => Ok(crate::audit::cli::Log::Dir(d)),
+        (None, Some(c)) => audit::open_config(&c).await,
         (None, None) => anyhow::bail!("give an audit directory or --config"),
     }
 }
 
 #[derive(Subcommand, Debug)]
 enum AuditCommand {
-    /// Walk every segment of each directory (one chain per replica): OK with counts, or the
-    /// first bad sequence number (exit 1 if any chain is bad).
+    /// Walk every chain (one per replica) of each directory or database: OK with counts, or
+    /// the first bad sequence number (exit 1 if any chain is bad).
     Verify {
         /// Audit directories, one per replica.
         #[arg(required_unless_present = "config", num_args = 0..)]
         dirs: Vec<PathBuf>,
-        /// Daemon configs (repeatable, one per replica): verify the log each one's `[audit]`
-        /// names, beside any DIR given.
+        /// Daemon configs (repeatable): verify the log each one's `[audit]` names, beside any
+        /// DIR given; with `store = "postgres"`, every replica's chain in that database.
         #[arg(long)]
         config: Vec<PathBuf>,
-        /// Ed25519 public key (base64) to check checkpoints with; default DIR/audit.pub. Only
-        /// with a single directory.
+        /// Ed25519 public key (base64) to check checkpoints with; default DIR/audit.pub, or the
+        /// database's anchor. Only with a single directory or database.
         #[arg(long)]
         pubkey: Option<PathBuf>,
         /// Print JSON: every chain with its directory, node ids and counts.
@@ -371,6 +378,9 @@ enum AuditCommand {
         /// Keep printing new records.
         #[arg(long)]
         follow: bool,
+        /// With a database store: this replica's chain (default: the config's node id).
+        #[arg(long, requires = "config")]
+        node: Option<String>,
     },
     /// Print every record since a time (RFC 3339) as JSON lines, for a SIEM.
     Export {
@@ -383,6 +393,19 @@ enum AuditCommand {
         /// RFC 3339 time, e.g. 2026-11-27T00:00:00Z.
         #[arg(long)]
         since: String,
+        /// With a database store: only this replica's chain (default: every replica's).
+        #[arg(long, requires = "config")]
+        node: Option<String>,
+    },
+    /// Print (or write) the trust anchor `verify` checks a config's log with: the Ed25519
+    /// public key (base64, the `audit.pub` format) of its files or of the database's keys.
+    Anchor {
+        /// The daemon config.
+        #[arg(long)]
+        config: PathBuf,
+        /// Write it to this file instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The `hmac-sha256:` reference a record holds for a value (a token, a secret).
     Hash {
@@ -668,15 +691,25 @@ pub async fn run(cli: Cli) -> i32 {
                     seconds,
                     dir,
                     reads,
+                    store,
+                    database,
                 },
         } => {
+            let in_db = store == "postgres";
+            let table = match (in_db, reads, database.as_deref()) {
+                (true, _, None) => Err(anyhow::anyhow!("--store postgres needs --database URL")),
+                (true, false, Some(url)) => audit::bench_table(url).await.map(Some),
+                _ => Ok(None),
+            };
             let mut r = Ok(());
             for n in clients {
                 let d = std::time::Duration::from_secs(seconds);
-                let line = if reads {
-                    crate::bench::audit_reads::run(&dir, n, d).await
-                } else {
-                    crate::audit::bench::run(&dir, n, d).await
+                let line = match (&table, reads) {
+                    (Err(e), _) => Err(anyhow::anyhow!("{e:#}")),
+                    (Ok(_), true) => {
+                        crate::bench::audit_reads::run(&dir, n, d, database.as_deref(), in_db).await
+                    }
+                    (Ok(t), false) => crate::audit::bench::run(&dir, n, d, t.clone()).await,
                 };
                 match line {
                     Ok(line) => println!("{line}"),
@@ -718,30 +751,48 @@ pub async fn run(cli: Cli) -> i32 {
                 pubkey,
                 json,
             } => {
+                let mut dbs = Vec::new();
                 for c in &config {
-                    match audit_dir_of(c) {
-                        Ok(d) => dirs.push(d),
+                    match audit::open_config(c).await {
+                        Ok(crate::audit::cli::Log::Dir(d)) => dirs.push(d),
+                        Ok(crate::audit::cli::Log::Db(db)) => dbs.push(db),
                         Err(e) => {
                             eprintln!("error: {e:#}");
                             return 64;
                         }
                     }
                 }
-                return crate::audit::cli::verify(&dirs, pubkey.as_deref(), json);
+                return crate::audit::cli::verify(&dirs, &dbs, pubkey.as_deref(), json).await;
             }
             AuditCommand::Tail {
                 dir,
                 config,
                 lines,
                 follow,
-            } => match log_dir(dir, config) {
-                Ok(d) => crate::audit::cli::tail(&d, lines, follow).await,
+                node,
+            } => match log_of(dir, config).await {
+                Ok(crate::audit::cli::Log::Dir(d)) => {
+                    crate::audit::cli::tail(&d, lines, follow).await
+                }
+                Ok(crate::audit::cli::Log::Db(db)) => {
+                    let node = node.unwrap_or_else(|| db.node.clone());
+                    crate::audit::cli::tail_db(&db, &node, lines, follow).await
+                }
                 Err(e) => Err(e),
             },
-            AuditCommand::Export { dir, config, since } => match log_dir(dir, config) {
-                Ok(d) => crate::audit::cli::export(&d, &since),
+            AuditCommand::Export {
+                dir,
+                config,
+                since,
+                node,
+            } => match log_of(dir, config).await {
+                Ok(crate::audit::cli::Log::Dir(d)) => crate::audit::cli::export(&d, &since),
+                Ok(crate::audit::cli::Log::Db(db)) => {
+                    crate::audit::cli::export_db(&db, node.as_deref(), &since).await
+                }
                 Err(e) => Err(e),
             },
+            AuditCommand::Anchor { config, out } => audit::anchor(&config, out.as_deref()).await,
             AuditCommand::Hash { value, key } => crate::audit::cli::hash(&value, &key),
         },
         Command::Admin { command, conn } => match command {

@@ -339,11 +339,79 @@ pub fn kek_from(config: &Config) -> Result<Kek, ConfigError> {
     }
 }
 
+/// Opens the audit keys (files or the store) and the writer on the store the config names:
+/// segment files in `audit.dir`, or this node's chain in the database `table`.
+async fn open_audit(
+    config: &Config,
+    store: &Arc<SecretStore>,
+    table: Option<Arc<dyn crate::audit::table::AuditTable>>,
+    clock: Arc<dyn Clock>,
+) -> Result<
+    (
+        Arc<crate::audit::AuditKeys>,
+        Arc<crate::audit::writer::AuditWriter>,
+    ),
+    StartError,
+> {
+    use crate::audit::{writer::AuditWriter, AuditKeys};
+    use crate::config::AuditKeySource;
+    let a = &config.audit;
+    let log_dir = table.is_none().then_some(a.dir.as_path());
+    let keys = match &a.keys {
+        AuditKeySource::Files { signing, hmac } => {
+            AuditKeys::load_or_create(signing, hmac, log_dir).map_err(|m| {
+                StartError::Config(ConfigError {
+                    file: config.path.clone(),
+                    line: None,
+                    key: Some("audit.signing_key_file".into()),
+                    message: m.to_string(),
+                })
+            })?
+        }
+        AuditKeySource::Store => AuditKeys::from_store(store)
+            .await
+            .map_err(StartError::Audit)?,
+    };
+    let keys = Arc::new(keys);
+    let cfg = crate::audit::writer::WriterConfig {
+        dir: a.dir.clone(),
+        segment_bytes: a.segment_bytes,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_interval: std::time::Duration::from_secs(a.checkpoint_interval_secs),
+        write_deadline: std::time::Duration::from_millis(a.write_deadline_ms),
+        node: config.server.node_id.clone(),
+        sink: a.sink.clone(),
+        sink_queue: a.sink_queue,
+        head_file: table.is_none().then(|| a.head_file.clone()),
+    };
+    let writer = match table {
+        Some(table) => {
+            let signer = keys
+                .active_signer_on_table(store, table.as_ref(), &config.server.node_id)
+                .await
+                .map_err(StartError::Audit)?;
+            AuditWriter::open_on_table(cfg, signer, clock, table)
+                .await
+                .map_err(StartError::Audit)?
+        }
+        None => {
+            let signer = keys
+                .active_signer(store, &a.dir)
+                .await
+                .map_err(StartError::Audit)?;
+            AuditWriter::open_with_clock(cfg, signer, clock).map_err(StartError::Audit)?
+        }
+    };
+    Ok((keys, Arc::new(writer)))
+}
+
 impl Daemon {
     /// Opens the store and starts both listeners.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         let mut signals = Signals::install()?;
+        // the database the audit log is kept in, with `[audit] store = "postgres"`
+        let mut audit_table: Option<Arc<dyn crate::audit::table::AuditTable>> = None;
         let storage: Arc<dyn Storage> = match &config.storage {
             StorageConfig::Sled { path } => Arc::new(SledStorage::open(path).map_err(
                 |source| StartError::Storage {
@@ -363,7 +431,11 @@ impl Daemon {
                             if let Some(w) = waiting.take() {
                                 w.end().await;
                             }
-                            break Arc::new(s);
+                            let s = Arc::new(s);
+                            if config.audit.store == crate::config::AuditStore::Postgres {
+                                audit_table = Some(s.clone());
+                            }
+                            break s as Arc<dyn Storage>;
                         }
                         Err(PgError::Unreachable(m)) => {
                             if waiting.is_none() {
@@ -443,47 +515,7 @@ impl Daemon {
             store.clone(),
             clock.clone(),
         ));
-        let audit_keys = Arc::new(
-            crate::audit::AuditKeys::load_or_create(
-                &config.audit.signing_key_file,
-                &config.audit.hmac_key_file,
-                &config.audit.dir,
-            )
-            .map_err(|m| {
-                StartError::Config(ConfigError {
-                    file: config.path.clone(),
-                    line: None,
-                    key: Some("audit.signing_key_file".into()),
-                    message: m.to_string(),
-                })
-            })?,
-        );
-        let audit_signing = audit_keys
-            .active_signer(&store, &config.audit.dir)
-            .await
-            .map_err(StartError::Audit)?;
-        let audit = Arc::new(
-            crate::audit::writer::AuditWriter::open_with_clock(
-                crate::audit::writer::WriterConfig {
-                    dir: config.audit.dir.clone(),
-                    segment_bytes: config.audit.segment_bytes,
-                    checkpoint_every: config.audit.checkpoint_every,
-                    checkpoint_interval: std::time::Duration::from_secs(
-                        config.audit.checkpoint_interval_secs,
-                    ),
-                    write_deadline: std::time::Duration::from_millis(
-                        config.audit.write_deadline_ms,
-                    ),
-                    node: config.server.node_id.clone(),
-                    sink: config.audit.sink.clone(),
-                    sink_queue: config.audit.sink_queue,
-                    head_file: Some(config.audit.head_file.clone()),
-                },
-                audit_signing,
-                clock.clone(),
-            )
-            .map_err(StartError::Audit)?,
-        );
+        let (audit_keys, audit) = open_audit(&config, &store, audit_table, clock.clone()).await?;
         let rotator = Arc::new(crate::rotation::Rotator::new(
             store.clone(),
             databases.clone(),

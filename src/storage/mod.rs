@@ -15,6 +15,7 @@
 //!   commit delivers nothing.
 //! - `scan_prefix` returns keys in ascending byte order.
 
+pub mod audit_table;
 pub mod postgres;
 pub mod sled_store;
 

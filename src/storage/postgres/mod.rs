@@ -22,6 +22,7 @@
 //! - Every operation is bounded on this side by `operation_timeout` (default 4 s), waiting for
 //!   a pooled connection included: a database that does not answer at all (a partition) costs
 //!   a call at most that before it fails UNAVAILABLE.
+pub mod audit;
 pub mod config;
 pub mod schema;
 

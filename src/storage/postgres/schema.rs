@@ -12,7 +12,7 @@
 use tokio_postgres::Client;
 
 /// The schema version this build creates and understands.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Advisory lock key of the migration step ("keygate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x006b_6579_6761_7465;
@@ -45,6 +45,27 @@ const MIGRATIONS: [Migration; VERSION as usize] = [
          seq BIGINT NOT NULL
      );
      INSERT INTO keygate_change_seq (id, seq) VALUES (1, 0);",
+        compatible_from: 1,
+    },
+    // 2: the audit log's chains (`[audit] store = "postgres"`) and the lines a restart set
+    // aside; additive, so schema-1 keygates keep running on it
+    Migration {
+        sql: "CREATE TABLE keygate_audit (
+         node TEXT NOT NULL,
+         seq BIGINT NOT NULL,
+         kind TEXT NOT NULL,
+         line TEXT NOT NULL,
+         PRIMARY KEY (node, seq)
+     );
+     CREATE INDEX keygate_audit_signed ON keygate_audit (node, seq)
+         WHERE kind IN ('checkpoint', 'key_rotation');
+     CREATE TABLE keygate_audit_quarantine (
+         node TEXT NOT NULL,
+         seq BIGINT NOT NULL,
+         line TEXT NOT NULL,
+         set_aside TIMESTAMPTZ NOT NULL DEFAULT now(),
+         PRIMARY KEY (node, seq, set_aside)
+     );",
         compatible_from: 1,
     },
 ];
