@@ -27,7 +27,12 @@ pub async fn run(
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;
-    if let Some(url) = database {
+    // a database of the run's own on that server (a fresh KEK each run), dropped at the end
+    let scratch = match database {
+        Some(url) => Some(Scratch::create(url, clients).await?),
+        None => None,
+    };
+    if let Some(url) = scratch.as_ref().map(|s| s.url.as_str()) {
         let text = std::fs::read_to_string(&paths.config)?;
         let sled = "[storage]\nbackend = \"sled\"\npath = \"data\"\n";
         anyhow::ensure!(
@@ -115,9 +120,50 @@ pub async fn run(
         .await
         .map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let _ = std::fs::remove_dir_all(&tmp);
+    if let Some(s) = scratch {
+        s.drop_db().await;
+    }
     let l = crate::audit::bench::Latencies::of(all, secs);
     Ok(format!(
         "audited reads: store+audit={audit_store} clients={clients} reads={} reads_per_s={:.0} p50_ms={:.3} p99_ms={:.3}",
         l.count, l.per_s, l.p50_ms, l.p99_ms
     ))
+}
+
+/// A database created for one run on the server `--database` names.
+struct Scratch {
+    admin: tokio_postgres::Client,
+    name: String,
+    url: String,
+}
+
+impl Scratch {
+    async fn create(url: &str, clients: usize) -> anyhow::Result<Self> {
+        let (admin, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let name = format!("keygate_bench_{}_{clients}", std::process::id());
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        // postgres://USER@HOST:PORT/DB[?…] with DB replaced
+        let (base, query) = url.split_once('?').map_or((url, ""), |(b, q)| (b, q));
+        let Some((server, _db)) = base.rsplit_once('/') else {
+            anyhow::bail!("--database {url:?} is not postgres://USER@HOST:PORT/DB");
+        };
+        let url = match query {
+            "" => format!("{server}/{name}"),
+            q => format!("{server}/{name}?{q}"),
+        };
+        Ok(Self { admin, name, url })
+    }
+
+    async fn drop_db(self) {
+        let _ = self
+            .admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await;
+    }
 }

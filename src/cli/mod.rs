@@ -244,7 +244,8 @@ enum BenchCommand {
         store: String,
         /// A scratch PostgreSQL database on loopback (`postgres://USER@127.0.0.1:5432/DB`):
         /// `--store postgres` writes bench chains (`bench-<pid>-<clients>`) into its
-        /// `keygate_audit`; with --reads the daemon's store is this database.
+        /// `keygate_audit`; with --reads the daemon's store is a database created on that
+        /// server for the run (and dropped after).
         #[arg(long)]
         database: Option<String>,
     },
