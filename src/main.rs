@@ -5,8 +5,14 @@ use clap::Parser;
 
 /// mimalloc: fewer cycles in malloc/free than glibc under the daemon's many small, short-lived
 /// allocations (docs/performance.md).
+#[cfg(not(feature = "test-hooks"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Test builds count allocations (tests/alloc_budget.rs reads them from /metrics).
+#[cfg(feature = "test-hooks")]
+#[global_allocator]
+static GLOBAL: &stats_alloc::StatsAlloc<std::alloc::System> = &stats_alloc::INSTRUMENTED_SYSTEM;
 
 fn main() {
     let cli = keygate::cli::Cli::parse();

@@ -267,6 +267,18 @@ impl Metrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        #[cfg(feature = "test-hooks")]
+        {
+            // the process's allocations so far (test builds only; tests/alloc_budget.rs)
+            let n = stats_alloc::INSTRUMENTED_SYSTEM.stats().allocations;
+            let at = out.rfind("# EOF").unwrap_or(out.len());
+            out.insert_str(
+                at,
+                &format!(
+                    "# TYPE keygate_test_allocations counter\nkeygate_test_allocations_total {n}\n"
+                ),
+            );
+        }
         out
     }
 }

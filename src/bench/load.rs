@@ -21,6 +21,9 @@ pub enum Scenario {
     Read,
     /// One exchange per nine reads.
     Mixed,
+    /// `grpc.health.v1.Health/Check`: TLS, HTTP/2 and tonic with nothing behind them, the
+    /// transport floor every scenario is compared with.
+    Health,
 }
 
 impl Scenario {
@@ -30,6 +33,7 @@ impl Scenario {
             Scenario::Exchange => "exchange",
             Scenario::Read => "read",
             Scenario::Mixed => "mixed",
+            Scenario::Health => "health",
         }
     }
 }
@@ -295,17 +299,57 @@ pub struct Report {
     pub floor_per_s: f64,
     /// requests_per_s / floor_per_s.
     pub ratio_to_floor: f64,
+    /// The daemon's CPU time (user + system, from /proc) over the measured window, per
+    /// request completed in it; absent when the daemon's pid is unknown.
+    pub daemon_cpu_us_per_request: Option<f64>,
+}
+
+/// CPU time a process has used (user + system, all its threads), µs, from `/proc/PID/stat`.
+pub fn cpu_us(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command name, which is in parentheses and may hold spaces
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ: 100 on every Linux target keygate builds for
+    Some(ticks as f64 * 10_000.0)
+}
+
+/// Pins every thread of `pid` to `cpus` (new threads inherit it from their creator).
+pub fn pin(pid: u32, cpus: &[usize]) -> anyhow::Result<()> {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    let mut set = CpuSet::new();
+    for c in cpus {
+        set.set(*c)?;
+    }
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: i32 = t?.file_name().to_string_lossy().parse()?;
+        // a thread that ended meanwhile is fine
+        let _ = sched_setaffinity(nix::unistd::Pid::from_raw(tid), &set);
+    }
+    Ok(())
 }
 
 struct Client {
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
     exchange: pb::token_exchange_client::TokenExchangeClient<Channel>,
     secrets: pb::secrets_client::SecretsClient<
         tonic::service::interceptor::InterceptedService<Channel, Auth>,
     >,
 }
 
-async fn one(c: &mut Client, t: &Target, exchange: bool) -> Result<(), tonic::Code> {
-    if exchange {
+async fn one(c: &mut Client, t: &Target, op: Scenario) -> Result<(), tonic::Code> {
+    if op == Scenario::Health {
+        return c
+            .health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code());
+    }
+    if op == Scenario::Exchange {
         c.exchange
             .exchange(pb::ExchangeRequest {
                 subject_token: t.platform_token.clone(),
@@ -360,8 +404,13 @@ impl Tally {
     }
 }
 
-/// Runs the load against `t`.
-pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Result<Report> {
+/// Runs the load against `t`; with `daemon`, its pid, the daemon's CPU over the window too.
+pub async fn run(
+    t: Arc<Target>,
+    load: &Load,
+    floor_per_s: f64,
+    daemon: Option<u32>,
+) -> anyhow::Result<Report> {
     // several HTTP/2 connections, each shared by several requests; TLS handshakes happen once.
     // `--addr A,B`: the connections are spread over the replicas, round-robin
     let addrs: Vec<&str> = t
@@ -395,6 +444,7 @@ pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Resul
         .access_token;
     let auth = auth_for(Some(&cred))?;
     let client = |i: usize| Client {
+        health: tonic_health::pb::health_client::HealthClient::new(chans[i % conns].clone()),
         exchange: pb::token_exchange_client::TokenExchangeClient::new(chans[i % conns].clone()),
         secrets: pb::secrets_client::SecretsClient::new(
             tonic::service::interceptor::InterceptedService::new(
@@ -405,14 +455,23 @@ pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Resul
     };
     let scenario = load.scenario;
     let is_exchange = move |n: u64| match scenario {
-        Scenario::Exchange => true,
-        Scenario::Read => false,
-        Scenario::Mixed => n % 10 == 0,
+        Scenario::Mixed if n % 10 == 0 => Scenario::Exchange,
+        Scenario::Mixed => Scenario::Read,
+        s => s,
     };
     let tally = Arc::new(Mutex::new(Tally::new()?));
     let start = Instant::now();
     let measure_from = start + load.warmup;
     let end = measure_from + load.duration;
+    // the daemon's CPU at the window's start and end
+    let cpu = daemon.map(|pid| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            let c0 = cpu_us(pid);
+            tokio::time::sleep_until(end.into()).await;
+            c0.zip(cpu_us(pid))
+        })
+    });
     match load.rate {
         None => {
             let mut tasks = Vec::new();
@@ -479,6 +538,10 @@ pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Resul
             while tasks.join_next().await.is_some() {}
         }
     }
+    let cpu = match cpu {
+        Some(task) => task.await?,
+        None => None,
+    };
     let g = tally.lock().map_err(|_| anyhow!("tally"))?;
     let ms = |q: f64| g.hist.value_at_quantile(q) as f64 / 1000.0;
     let rps = g.ok as f64 / load.duration.as_secs_f64();
@@ -500,6 +563,9 @@ pub async fn run(t: Arc<Target>, load: &Load, floor_per_s: f64) -> anyhow::Resul
         } else {
             0.0
         },
+        daemon_cpu_us_per_request: cpu
+            .filter(|_| g.ok > 0)
+            .map(|(c0, c1)| (c1 - c0) / g.ok as f64),
     })
 }
 

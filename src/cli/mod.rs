@@ -305,6 +305,12 @@ struct LoadArgs {
     /// Seconds per floor figure measured in the same run.
     #[arg(long, default_value_t = 1.0)]
     floor_secs: f64,
+    /// Put the daemon and this generator on disjoint cores (needs two; says so).
+    #[arg(long)]
+    pin: bool,
+    /// With --addr: the daemon's pid, to report its CPU time per request.
+    #[arg(long, requires = "addr")]
+    daemon_pid: Option<u32>,
     /// One JSON object.
     #[arg(long)]
     json: bool,
@@ -330,6 +336,8 @@ fn load_options(
         secrets: a.secrets,
         floor_secs: a.floor_secs,
         json: a.json,
+        pin: a.pin,
+        daemon_pid: a.daemon_pid,
     })
 }
 

@@ -225,11 +225,12 @@ impl Storage for SledStorage {
 
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.refuse_poisoned(key)?;
-        let key = key.to_vec();
-        self.blocking(move |db| db.get(key))
-            .await?
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(backend)
+        // a point read runs on the calling worker, not the blocking pool: it is a lookup in
+        // sled's page cache (microseconds), and the hand-off to a pool thread and back cost
+        // more than the read (two thread wake-ups per read: docs/performance.md). A page that
+        // is not cached blocks this worker for one read from the disk.
+        let db = self.db().await?;
+        db.get(key).map(|v| v.map(|v| v.to_vec())).map_err(backend)
     }
 
     async fn snapshot(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
