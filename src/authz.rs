@@ -22,6 +22,8 @@ pub struct Caller {
     pub bearer: Option<SecretBytes>,
     /// Peer address.
     pub peer: Option<std::net::SocketAddr>,
+    /// The API the call came through when not gRPC (`vault`).
+    pub api: Option<&'static str>,
 }
 
 /// Who the caller was found to be.

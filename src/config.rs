@@ -41,6 +41,36 @@ struct Raw {
     rotations: Vec<crate::rotation::config::RawRotation>,
     #[serde(default)]
     limits: RawLimits,
+    vault_api: Option<RawVaultApi>,
+}
+
+/// `[vault_api]`: the Vault-compatible HTTP API (docs/vault-compat.md).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVaultApi {
+    listen: String,
+    #[serde(default = "default_kv_mount")]
+    kv_mount: String,
+    #[serde(default = "default_kv_version")]
+    kv_version: u8,
+}
+
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+fn default_kv_version() -> u8 {
+    2
+}
+
+/// The Vault-compatible HTTP API's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultApiConfig {
+    /// Its HTTPS listener (the gRPC listener's certificates and client-certificate rules).
+    pub listen: SocketAddr,
+    /// The KV mount: `<kv_mount>/data/prod/api` is keygate's `prod/api`.
+    pub kv_mount: String,
+    /// KV engine version the mount speaks: 2 (versioned) or 1.
+    pub kv_version: u8,
 }
 
 /// `[limits]`: every field a caller controls (docs/operations.md).
@@ -704,6 +734,8 @@ pub struct Config {
     pub rotations: Vec<crate::rotation::config::Policy>,
     /// Limits on caller-controlled fields (`[limits]`).
     pub limits: crate::api::limits::Limits,
+    /// The Vault-compatible HTTP API, when `[vault_api]` is set.
+    pub vault_api: Option<VaultApiConfig>,
 }
 
 pub use crate::tls::normalize_dn;
@@ -954,7 +986,39 @@ impl Config {
         };
 
         let limits = parse_limits(&ctx, raw.limits, raw.server.max_message_bytes as usize)?;
+        let vault_api = match raw.vault_api {
+            None => None,
+            Some(v) => {
+                let listen = v.listen.parse().map_err(|_| {
+                    ctx.err(
+                        "vault_api",
+                        "listen",
+                        format!("{:?} is not an address like 127.0.0.1:8200", v.listen),
+                    )
+                })?;
+                let mount = v.kv_mount.trim_matches('/').to_string();
+                if mount.is_empty()
+                    || mount.contains('/')
+                    || matches!(mount.as_str(), "sys" | "auth" | "database" | "identity")
+                {
+                    return Err(ctx.err(
+                        "vault_api",
+                        "kv_mount",
+                        "one path segment that is not sys, auth, database or identity",
+                    ));
+                }
+                if !matches!(v.kv_version, 1 | 2) {
+                    return Err(ctx.err("vault_api", "kv_version", "1 or 2"));
+                }
+                Some(VaultApiConfig {
+                    listen,
+                    kv_mount: mount,
+                    kv_version: v.kv_version,
+                })
+            }
+        };
         Ok(Self {
+            vault_api,
             limits,
             path: path.to_path_buf(),
             server: ServerConfig {
@@ -992,6 +1056,9 @@ impl Config {
         }
         if self.tls != other.tls {
             v.push("tls".to_string());
+        }
+        if self.vault_api != other.vault_api {
+            v.push("vault_api".to_string());
         }
         if self.storage != other.storage {
             v.push("storage".to_string());

@@ -36,6 +36,8 @@ pub struct DevOptions {
     pub http_listen: String,
     /// Dev OIDC issuer listen address.
     pub issuer_listen: String,
+    /// The Vault-compatible HTTP API's listen address (`None`: off).
+    pub vault_listen: Option<String>,
 }
 
 impl Default for DevOptions {
@@ -44,6 +46,7 @@ impl Default for DevOptions {
             grpc_listen: "127.0.0.1:8443".into(),
             http_listen: "127.0.0.1:8444".into(),
             issuer_listen: "127.0.0.1:8445".into(),
+            vault_listen: Some("127.0.0.1:8200".into()),
         }
     }
 }
@@ -223,7 +226,13 @@ overlap = "10m"
 generator = "password"
 length = 32
 require = ["lower", "upper", "digit"]
-"#,
+{vault}"#,
+            vault = match &opts.vault_listen {
+                Some(v) => format!(
+                    "\n# Vault clients (hvac, vault-action, …): VAULT_ADDR and VAULT_CACERT are in env.sh.\n[vault_api]\nlisten = \"{v}\"\nkv_mount = \"secret\"\n"
+                ),
+                None => String::new(),
+            },
             grpc = opts.grpc_listen,
             http = opts.http_listen,
             iss = dev_issuer.issuer,
@@ -231,21 +240,32 @@ require = ["lower", "upper", "digit"]
         );
         write_public(&paths.config, &config)?;
     }
-    let grpc = crate::config::Config::load(&paths.config)
-        .map(|c| c.server.grpc_listen)
+    let (grpc, vault) = crate::config::Config::load(&paths.config)
+        .map(|c| (c.server.grpc_listen, c.vault_api.map(|v| v.listen)))
         .map_err(|e| e.to_string())?;
-    write_env(&paths, grpc)?;
+    write_env(&paths, grpc, vault)?;
     Ok(paths)
 }
 
-/// Writes `env.sh` for a daemon listening on `grpc`.
-pub fn write_env(paths: &DevPaths, grpc: std::net::SocketAddr) -> Result<(), String> {
-    let env = format!(
+/// Writes `env.sh` for a daemon listening on `grpc` (and `vault`, the Vault-compatible API:
+/// `VAULT_ADDR`, `VAULT_CACERT` for Vault clients).
+pub fn write_env(
+    paths: &DevPaths,
+    grpc: std::net::SocketAddr,
+    vault: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let mut env = format!(
         "# Source this file: . {env}\nexport KEYGATE_ADDR=https://{grpc}\nexport KEYGATE_CACERT={ca}\nexport KEYGATE_CLIENT_CERT={cert}\nexport KEYGATE_CLIENT_KEY={key}\n",
         env = paths.env_sh.display(),
         ca = paths.ca.display(),
         cert = paths.admin_cert.display(),
         key = paths.admin_key.display(),
     );
+    if let Some(v) = vault {
+        env.push_str(&format!(
+            "export VAULT_ADDR=https://{v}\nexport VAULT_CACERT={ca}\n",
+            ca = paths.ca.display()
+        ));
+    }
     write_public(&paths.env_sh, &env)
 }

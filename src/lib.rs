@@ -42,6 +42,7 @@ pub mod sensitive;
 pub mod server;
 pub mod storage;
 pub mod tls;
+pub mod vault;
 
 /// Exit code for a bad config or bad usage (BSD `EX_USAGE`).
 pub const EXIT_CONFIG: i32 = 64;

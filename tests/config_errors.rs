@@ -155,6 +155,22 @@ fn bad_config_matrix() {
                 "set both signing_key_file and hmac_key_file",
             ],
         },
+        Case {
+            name: "vault api on a bad address",
+            edit: |t| t + "\n[vault_api]\nlisten = \"nowhere\"\n",
+            expect: &[
+                "key `vault_api.listen`",
+                "is not an address like 127.0.0.1:8200",
+            ],
+        },
+        Case {
+            name: "vault api KV mount on a reserved path",
+            edit: |t| t + "\n[vault_api]\nlisten = \"127.0.0.1:0\"\nkv_mount = \"sys\"\n",
+            expect: &[
+                "key `vault_api.kv_mount`",
+                "not sys, auth, database or identity",
+            ],
+        },
     ];
     for case in cases {
         let env = TestEnv::new();

@@ -27,6 +27,8 @@ fn start_dev(dir: &std::path::Path, log: std::path::PathBuf) -> DevRun {
             "127.0.0.1:0",
             "--http-listen",
             "127.0.0.1:0",
+            "--vault-listen",
+            "127.0.0.1:0",
         ])
         .env("KEYGATE_LOG", LOG_LEVEL)
         .stdin(Stdio::null())
@@ -104,6 +106,14 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
         printed.contains("env.sh") && printed.contains("get demo/app"),
         "{printed}"
     );
+    // the Vault-compatible API is on, and env.sh points Vault clients at it
+    let env = env_sh(&dir);
+    let vault = env.get("VAULT_ADDR").expect("VAULT_ADDR in env.sh");
+    assert!(
+        vault.starts_with("https://127.0.0.1:") && !vault.ends_with(":0"),
+        "{vault}"
+    );
+    assert_eq!(env.get("VAULT_CACERT"), env.get("KEYGATE_CACERT"));
     for f in [
         "ca.pem",
         "server.pem",

@@ -897,6 +897,11 @@ max_ttl = "1m"
             true,
         ),
         (
+            "keygate.v1.Leases/Lookup",
+            pb::LookupLeaseRequest::default().encode_to_vec(),
+            true,
+        ),
+        (
             "keygate.v1.Leases/List",
             pb::ListLeasesRequest::default().encode_to_vec(),
             false,

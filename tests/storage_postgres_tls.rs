@@ -62,6 +62,7 @@ async fn verify_full_connects_to_the_right_certificate_only() {
             grpc_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
             issuer_listen: "127.0.0.1:0".into(),
+            vault_listen: None,
         },
     )
     .unwrap();

@@ -83,17 +83,35 @@ fn new_request_id() -> String {
     hex::encode(id)
 }
 
+/// The connection of a call that another API translated into gRPC in process (the Vault HTTP
+/// API): what its own TLS connection said about the caller, for this layer to authenticate and
+/// audit the call as it does every gRPC call.
+#[derive(Debug, Clone)]
+pub struct Translated {
+    /// The API (`vault`), recorded in the audit record's `api`.
+    pub api: &'static str,
+    /// Subject of the verified client certificate of that connection.
+    pub cert_subject: Option<String>,
+    /// Its peer address.
+    pub peer: Option<std::net::SocketAddr>,
+}
+
 /// What the connection and headers say about the caller.
 fn caller_of<B>(req: &Request<B>) -> Caller {
+    let translated = req.extensions().get::<Translated>();
     let tls = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
     let cert_subject = tls
         .and_then(|t| t.peer_certs())
-        .and_then(|certs| certs.first().and_then(crate::tls::cert_subject));
-    let peer = tls.and_then(|t| t.get_ref().remote_addr()).or_else(|| {
-        req.extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|t| t.remote_addr())
-    });
+        .and_then(|certs| certs.first().and_then(crate::tls::cert_subject))
+        .or_else(|| translated.and_then(|t| t.cert_subject.clone()));
+    let peer = tls
+        .and_then(|t| t.get_ref().remote_addr())
+        .or_else(|| {
+            req.extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(|t| t.remote_addr())
+        })
+        .or_else(|| translated.and_then(|t| t.peer));
     let bearer = req
         .headers()
         .get("authorization")
@@ -108,6 +126,7 @@ fn caller_of<B>(req: &Request<B>) -> Caller {
         cert_subject,
         bearer,
         peer,
+        api: translated.map(|t| t.api),
     }
 }
 

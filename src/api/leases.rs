@@ -250,6 +250,33 @@ impl pb::leases_server::Leases for LeasesApi {
         scope.finish(result)
     }
 
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupLeaseRequest>,
+    ) -> Result<Response<pb::Lease>, Status> {
+        let scope = RpcScope::of(&request)?;
+        let req = request.into_inner();
+        scope.resource(format!("lease:{}", req.lease_id));
+        let result = async {
+            self.state.limits.check(&req)?;
+            let who = scope.principal()?;
+            if let Some(l) = db_target(&self.state, who, &req.lease_id).await? {
+                return Ok(to_pb(&l));
+            }
+            let id = target(who, &req.lease_id)?;
+            let lease = self
+                .state
+                .credentials
+                .leases
+                .get(&id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("lease {id:?} not found")))?;
+            Ok(to_pb(&lease))
+        }
+        .await;
+        scope.finish(result)
+    }
+
     async fn list(
         &self,
         request: Request<pb::ListLeasesRequest>,

@@ -163,7 +163,8 @@ one_field!(
     pb::GenerateDatabaseCredentialsRequest => role as role,
     pb::RotateKekRequest => new_kek_file as string,
     pb::RenewLeaseRequest => lease_id as string,
-    pb::RevokeLeaseRequest => lease_id as string
+    pb::RevokeLeaseRequest => lease_id as string,
+    pb::LookupLeaseRequest => lease_id as string
 );
 
 impl Bounded for pb::VersionsRequest {

@@ -179,6 +179,7 @@ impl RpcScope {
         let mut r = Record::new(Kind::Request);
         r.request_id = Some(self.0.request_id.clone());
         r.op = Some(self.0.rpc.to_string());
+        r.api = self.0.caller.api.map(str::to_string);
         r.caller = Some(who);
         r.resources = resources;
         r.decision = Some(decision.to_string());

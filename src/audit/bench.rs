@@ -54,6 +54,7 @@ pub async fn run(
                     prev: String::new(),
                     request_id: Some(format!("{c}-{i}")),
                     op: Some("keygate.v1.Secrets/Get".into()),
+                    api: None,
                     caller: None,
                     resources: vec![format!("secret:bench/{c}/{i}@0")],
                     decision: Some("allow".into()),

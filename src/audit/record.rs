@@ -71,6 +71,10 @@ pub struct Record {
     /// Operation (`keygate.v1.Secrets/Get`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub op: Option<String>,
+    /// The API the request came through when not gRPC: `vault` (the Vault-compatible HTTP API,
+    /// translated into the gRPC call `op` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
     /// Caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller: Option<CallerInfo>,
@@ -117,6 +121,7 @@ impl Record {
             prev: String::new(),
             request_id: None,
             op: None,
+            api: None,
             caller: None,
             resources: Vec::new(),
             decision: None,

@@ -460,6 +460,7 @@ mod tests {
             prev: String::new(),
             request_id: Some(format!("req-{i}")),
             op: Some("keygate.v1.Secrets/Get".into()),
+            api: None,
             caller: None,
             resources: vec![format!("secret:app/{i}")],
             decision: Some("allow".into()),

@@ -24,6 +24,7 @@ pub async fn run(
             grpc_listen: "127.0.0.1:0".into(),
             http_listen: "127.0.0.1:0".into(),
             issuer_listen: "127.0.0.1:0".into(),
+            vault_listen: None,
         },
     )
     .map_err(|e| anyhow::anyhow!(e))?;

@@ -110,6 +110,7 @@ pub async fn start_own(roles: usize, secrets: usize) -> anyhow::Result<Target> {
             grpc_listen: format!("127.0.0.1:{grpc}"),
             http_listen: format!("127.0.0.1:{http}"),
             issuer_listen: format!("127.0.0.1:{iss}"),
+            vault_listen: None,
         },
     )
     .map_err(|e| anyhow!(e))?;

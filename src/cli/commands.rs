@@ -38,7 +38,7 @@ async fn run_daemon(cfg: crate::config::Config, dev: Option<crate::devenv::DevPa
         }
     };
     if let Some(paths) = dev {
-        if let Err(e) = crate::devenv::write_env(&paths, daemon.grpc_addr()) {
+        if let Err(e) = crate::devenv::write_env(&paths, daemon.grpc_addr(), daemon.vault_addr()) {
             eprintln!("error: {e}");
         }
         if let Err(e) = seed_demo(&daemon).await {

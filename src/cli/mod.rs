@@ -46,6 +46,10 @@ enum Command {
         /// Listen address of the dev OIDC issuer (for a new dev directory).
         #[arg(long, default_value = "127.0.0.1:8445")]
         issuer_listen: String,
+        /// Listen address of the Vault-compatible HTTP API for a new dev config (`off`: none);
+        /// env.sh exports VAULT_ADDR and VAULT_CACERT for it.
+        #[arg(long, default_value = "127.0.0.1:8200")]
+        vault_listen: String,
     },
     /// Write a new version of a secret: `keygate put PATH field=value field=@file field=-`.
     Put {
@@ -564,6 +568,7 @@ pub async fn run(cli: Cli) -> i32 {
             grpc_listen,
             http_listen,
             issuer_listen,
+            vault_listen,
         } => {
             return dev(
                 &dir,
@@ -571,6 +576,8 @@ pub async fn run(cli: Cli) -> i32 {
                     grpc_listen,
                     http_listen,
                     issuer_listen,
+                    vault_listen: (!vault_listen.is_empty() && vault_listen != "off")
+                        .then_some(vault_listen),
                 },
             )
             .await

@@ -565,6 +565,7 @@ impl Rotator {
             prev: String::new(),
             request_id: None,
             op: Some(op.to_string()),
+            api: None,
             caller: Some(CallerInfo {
                 principal: Some("keygate-rotation".into()),
                 ..Default::default()

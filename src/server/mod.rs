@@ -293,6 +293,8 @@ pub struct Daemon {
     accepting: Arc<AtomicBool>,
     grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
     http_task: Option<JoinHandle<()>>,
+    vault_addr: Option<SocketAddr>,
+    vault_task: Option<JoinHandle<()>>,
     reload: Arc<Reloader>,
     grace: std::time::Duration,
     housekeeping: JoinHandle<()>,
@@ -610,14 +612,7 @@ impl Daemon {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let srv = &config.server;
-        let router = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(srv.keepalive_interval))
-            .http2_keepalive_timeout(Some(srv.keepalive_timeout))
-            .max_concurrent_streams(Some(srv.max_concurrent_streams))
-            // a request's headers (a credential is a few KiB) and at most this much buffered
-            .http2_max_header_list_size(Some(64 * 1024))
-            .layer(crate::api::layer::RpcLayer::new(state.clone()))
-            .add_service(health_service)
+        let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
             .add_service(
@@ -648,7 +643,43 @@ impl Daemon {
                 ))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            );
+            )
+            .prepare();
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(srv.keepalive_interval))
+            .http2_keepalive_timeout(Some(srv.keepalive_timeout))
+            .max_concurrent_streams(Some(srv.max_concurrent_streams))
+            // a request's headers (a credential is a few KiB) and at most this much buffered
+            .http2_max_header_list_size(Some(64 * 1024))
+            .layer(crate::api::layer::RpcLayer::new(state.clone()))
+            .add_routes(routes.clone());
+        // the Vault-compatible HTTP API: its calls go through the same layer (authentication,
+        // audit, metrics) into the same services, in process
+        let vault_task = match &config.vault_api {
+            Some(v) => {
+                let l = TcpListener::bind(v.listen)
+                    .await
+                    .map_err(io_error(format!("vault_api.listen {}", v.listen)))?;
+                let bound = l.local_addr().map_err(io_error("vault_api.listen"))?;
+                let tls = crate::tls::http_server_config(&config.tls)?;
+                let grpc = tower::Layer::layer(
+                    &crate::api::layer::RpcLayer::new(state.clone()),
+                    routes.clone(),
+                );
+                let api = Arc::new(crate::vault::VaultApi::new(
+                    grpc,
+                    v.clone(),
+                    max,
+                    shutdown_rx.clone(),
+                ));
+                tracing::info!(vault_api = %bound, kv_mount = %v.kv_mount, "Vault-compatible HTTP API listening");
+                Some((
+                    bound,
+                    tokio::spawn(crate::vault::serve(l, tls, api, shutdown_rx.clone())),
+                ))
+            }
+            None => None,
+        };
         let incoming = listener::incoming(
             grpc_listener,
             tls,
@@ -689,6 +720,7 @@ impl Daemon {
         tracing::info!(
             grpc = %grpc_addr,
             http = %http_addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            vault = %vault_task.as_ref().map(|v| v.0.to_string()).unwrap_or_else(|| "-".into()),
             node_id = %config.server.node_id,
             storage = store.storage().backend(),
             kek_id = %store.kek_id().await,
@@ -702,6 +734,8 @@ impl Daemon {
             accepting,
             grpc_task,
             http_task,
+            vault_addr: vault_task.as_ref().map(|v| v.0),
+            vault_task: vault_task.map(|v| v.1),
             reload,
             grace: config.server.shutdown_grace,
             housekeeping,
@@ -729,6 +763,11 @@ impl Daemon {
     /// Bound HTTPS address.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The Vault-compatible HTTP API's address, when `[vault_api]` is set.
+    pub fn vault_addr(&self) -> Option<SocketAddr> {
+        self.vault_addr
     }
 
     /// Serves until SIGTERM/SIGINT (reloading on SIGHUP), then shuts down gracefully.
@@ -794,6 +833,9 @@ impl Daemon {
             }
         }
         if let Some(t) = self.http_task {
+            t.abort();
+        }
+        if let Some(t) = self.vault_task {
             t.abort();
         }
         self.housekeeping.abort();

@@ -54,6 +54,7 @@ impl TestEnv {
                 grpc_listen: "127.0.0.1:0".into(),
                 http_listen: "127.0.0.1:0".into(),
                 issuer_listen: "127.0.0.1:0".into(),
+                vault_listen: None,
             },
         )
         .unwrap();
