@@ -80,6 +80,8 @@ async fn hvac_logs_in_with_a_jwt_and_reads_writes_lists_and_deletes_kv_v2_secret
         .env("VAULT_CACERT", &env.paths.ca)
         .env("JWT", common::issuer::ci_token(&key, ISS, AUD, None))
         .env("MARK", &mark)
+        .env("ADMIN_CERT", &env.paths.admin_cert)
+        .env("ADMIN_KEY", &env.paths.admin_key)
         .output()
         .unwrap();
     assert!(
@@ -140,6 +142,16 @@ async fn hvac_logs_in_with_a_jwt_and_reads_writes_lists_and_deletes_kv_v2_secret
     assert_eq!(v["kv_config"]["cas_required"], false);
     assert_eq!(v["mount"]["version"], "2");
     assert_eq!(v["bad_token"]["type"], "Forbidden", "{}", v["bad_token"]);
+    assert_eq!(v["admin_read"]["password"], "second");
+    assert_eq!(
+        v["admin_mounts"],
+        serde_json::json!(["database/", "secret/"])
+    );
+    assert_eq!(
+        v["mounts_as_ci"]["type"], "Forbidden",
+        "{}",
+        v["mounts_as_ci"]
+    );
     assert!(
         matches!(
             v["bad_login"]["type"].as_str(),
@@ -461,4 +473,88 @@ async fn node_vault_logs_in_and_reads_writes_lists_and_deletes() {
     assert_eq!(v["deleted"]["status"], 404, "{}", v["deleted"]);
     assert_eq!(d.stop(), 0);
     env.assert_logs_free_of(&[mark]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hvac_kubernetes_login_database_credentials_and_leases() {
+    let pydeps = hvac_path();
+    let env = TestEnv::new();
+    let admin = pg::admin().await;
+    let schema = pg::fresh_schema(&admin).await;
+    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
+    let key = TestKey::rsa("ci-1");
+    issuer.publish(&key);
+    let disc = issuer.tenant("ci", ISS);
+    env.append_config(&format!(
+        r#"
+[identity]
+url = "https://keygate.vault.test"
+
+[[issuers]]
+name = "ci"
+issuer = "{ISS}"
+discovery_url = "{disc}"
+ca_file = "ca.pem"
+audience = "{AUD}"
+
+[[roles]]
+name = "app"
+issuer = "ci"
+bound_subject = "pipeline:deploy"
+scopes = ["db:ro"]
+
+[[databases]]
+name = "main"
+url = "{url}"
+
+[[databases.roles]]
+name = "ro"
+grants = ["USAGE ON SCHEMA {schema}"]
+default_ttl = "30s"
+max_ttl = "1m"
+
+[vault_api]
+listen = "127.0.0.1:0"
+"#,
+        url = pg::url()
+    ));
+    let d = env.start();
+    let addr = vault_addr(&d);
+    let out = Command::new("python3")
+        .arg(env!("CARGO_MANIFEST_DIR").to_string() + "/tests/fixtures/vault_hvac_db.py")
+        .env("PYTHONPATH", &pydeps)
+        .env("VAULT_ADDR", format!("https://{addr}"))
+        .env("VAULT_CACERT", &env.paths.ca)
+        .env("JWT", common::issuer::ci_token(&key, ISS, AUD, None))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hvac script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["login"]["client_token"]
+        .as_str()
+        .unwrap()
+        .starts_with("ey"));
+    let user = v["username"].as_str().unwrap();
+    let lease = v["creds"]["lease_id"].as_str().unwrap();
+    assert_eq!(lease, format!("db:ro/{user}"));
+    assert!(v["creds"]["lease_duration"].as_u64().unwrap() > 0);
+    assert_eq!(v["creds"]["renewable"], true);
+    assert!(v["password"].as_str().unwrap().len() >= 16);
+    assert!(v["lookup"]["ttl"].as_u64().unwrap() > 0);
+    assert_eq!(v["lookup"]["id"], lease);
+    assert_eq!(v["renewed"]["lease_id"], lease);
+    assert!(v["renewed"]["lease_duration"].as_u64().unwrap() > 0);
+    // revoked: the user is gone from PostgreSQL, the lease no longer renewable or found
+    assert!(
+        !pg::role_exists(&admin, user).await,
+        "user outlived its revocation"
+    );
+    assert_eq!(v["after_revoke"], "InvalidRequest", "{v}");
+    assert_eq!(v["quick"].as_array().unwrap().len(), 5, "{v}");
+    assert_eq!(d.stop(), 0);
+    env.assert_logs_free_of(&[v["password"].as_str().unwrap().to_string()]);
 }

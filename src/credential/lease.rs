@@ -62,7 +62,9 @@ pub struct DbLease {
 /// Every operation that scans or changes stored leases (list, renew, revoke, sweep) first
 /// commits what is pending, holding the flush lock alone (so after the batches in flight), and
 /// flushed leases are written only if absent, so a revocation is never overwritten by an older
-/// pending copy.
+/// pending copy. A clone is the same store (the same pending leases, batches and flusher): the
+/// database-user leases share it, so a credential's lease is found the moment it is issued.
+#[derive(Clone)]
 pub struct LeaseStore {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
@@ -74,7 +76,7 @@ pub struct LeaseStore {
     /// Ids of pending leases a batch is committing now (the next batch takes the others).
     in_flight: Arc<InFlight>,
     wake: Arc<tokio::sync::Notify>,
-    flusher: std::sync::OnceLock<()>,
+    flusher: Arc<std::sync::OnceLock<()>>,
 }
 
 /// New leases held in memory at most (then exchanges fail with UNAVAILABLE until the store
@@ -225,7 +227,7 @@ impl LeaseStore {
             flush_lock: Arc::default(),
             in_flight: Arc::default(),
             wake: Arc::default(),
-            flusher: std::sync::OnceLock::new(),
+            flusher: Arc::new(std::sync::OnceLock::new()),
         }
     }
 

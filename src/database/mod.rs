@@ -126,9 +126,21 @@ impl Databases {
         store: Arc<SecretStore>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let leases = LeaseStore::new(store.storage().clone(), clock.clone());
+        Self::with_leases(configs, store, clock, leases)
+    }
+
+    /// Over the credentials' own lease store: a credential issued a moment ago (its lease
+    /// still pending in the write-behind batch) may ask for a user at once.
+    pub fn with_leases(
+        configs: Vec<DatabaseConfig>,
+        store: Arc<SecretStore>,
+        clock: Arc<dyn Clock>,
+        leases: LeaseStore,
+    ) -> Self {
         Self {
             configs: RwLock::new(Arc::new(configs)),
-            leases: LeaseStore::new(store.storage().clone(), clock.clone()),
+            leases,
             store,
             clock,
         }

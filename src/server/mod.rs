@@ -512,10 +512,13 @@ impl Daemon {
             config.admin_subjects.clone(),
             Some(credentials.clone()),
         ));
-        let databases = Arc::new(Databases::new(
+        // one lease store: a credential's lease is visible to the database users it asks for
+        // while still pending in its write-behind batch
+        let databases = Arc::new(Databases::with_leases(
             config.databases.clone(),
             store.clone(),
             clock.clone(),
+            credentials.leases.clone(),
         ));
         let (audit_keys, audit) = open_audit(&config, &store, audit_table, clock.clone()).await?;
         let rotator = Arc::new(crate::rotation::Rotator::new(

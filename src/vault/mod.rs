@@ -7,6 +7,7 @@
 //! answer is put in Vault's shapes.
 pub mod auth;
 pub mod kv;
+pub mod leases;
 pub mod reply;
 pub mod sys;
 
@@ -240,12 +241,21 @@ async fn handle(State(api): State<Arc<VaultApi>>, req: Request) -> Response {
     match segs.as_slice() {
         ["sys", "health"] => sys::health(&api, op, &query),
         ["sys", "seal-status"] if op == Op::Read => sys::seal_status(),
+        ["sys", "mounts"] if op == Op::Read => sys::mounts(&api, &ctx).await,
         ["sys", "internal", "ui", "mounts", rest @ ..] if op == Op::Read => {
             sys::ui_mount(&api, &ctx, &rest.join("/")).await
         }
         ["auth", "token", "lookup-self"] if matches!(op, Op::Read | Op::Write) => {
             auth::lookup_self(&api, &ctx).await
         }
+        ["database", "creds", role] if op == Op::Read => leases::creds(&api, &ctx, role).await,
+        ["sys", "leases", "renew", rest @ ..] if op == Op::Write => {
+            leases::renew(&api, &ctx, body, &rest.join("/")).await
+        }
+        ["sys", "leases", "revoke", rest @ ..] if op == Op::Write => {
+            leases::revoke(&api, &ctx, body, &rest.join("/")).await
+        }
+        ["sys", "leases", "lookup"] if op == Op::Write => leases::lookup(&api, &ctx, body).await,
         ["auth", "token", "revoke-self"] if op == Op::Write => auth::revoke_self(&api, &ctx).await,
         ["auth", mount, "login"] if op == Op::Write => auth::login(&api, &ctx, mount, body).await,
         [mount, rest @ ..] if *mount == api.cfg.kv_mount => {

@@ -53,6 +53,35 @@ pub fn auth(request_id: &str, auth: Value, warnings: &[String]) -> Response {
     envelope(request_id, Value::Null, auth, warnings)
 }
 
+/// A successful answer that carries a lease (dynamic credentials, a renewal).
+pub fn lease(
+    request_id: &str,
+    lease_id: &str,
+    duration: u64,
+    renewable: bool,
+    data: Value,
+) -> Response {
+    json_ok(json!({
+        "request_id": request_id,
+        "lease_id": lease_id,
+        "renewable": renewable,
+        "lease_duration": duration,
+        "data": data,
+        "wrap_info": null,
+        "warnings": null,
+        "auth": null,
+    }))
+}
+
+fn json_ok(body: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 fn envelope(request_id: &str, data: Value, auth: Value, warnings: &[String]) -> Response {
     let body = json!({
         "request_id": request_id,
@@ -64,12 +93,7 @@ fn envelope(request_id: &str, data: Value, auth: Value, warnings: &[String]) -> 
         "warnings": if warnings.is_empty() { Value::Null } else { json!(warnings) },
         "auth": auth,
     });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    json_ok(body)
 }
 
 /// A write that answers nothing (Vault's 204).

@@ -106,3 +106,46 @@ pub async fn ui_mount(api: &VaultApi, ctx: &Ctx, path: &str) -> Response {
         &[],
     )
 }
+
+/// `GET /v1/sys/mounts` (admin: `Admin.ServerInfo` decides): the KV mount and `database/`.
+pub async fn mounts(api: &VaultApi, ctx: &Ctx) -> Response {
+    let req = match ctx.request(crate::pb::ServerInfoRequest {}) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(st) = crate::pb::admin_client::AdminClient::new(api.grpc())
+        .server_info(req)
+        .await
+    {
+        return reply::status(&st);
+    }
+    let mount = &api.cfg.kv_mount;
+    let kv = json!({
+        "type": "kv",
+        "description": "keygate secrets",
+        "options": { "version": api.cfg.kv_version.to_string() },
+        "config": { "default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false },
+        "local": false,
+        "seal_wrap": false,
+        "accessor": format!("kv_{mount}"),
+        "uuid": format!("keygate-kv-{mount}"),
+    });
+    let db = json!({
+        "type": "database",
+        "description": "keygate dynamic PostgreSQL users",
+        "options": null,
+        "config": { "default_lease_ttl": 0, "max_lease_ttl": 0, "force_no_cache": false },
+        "local": false,
+        "seal_wrap": false,
+        "accessor": "database_keygate",
+        "uuid": "keygate-database",
+    });
+    let mut m = serde_json::Map::new();
+    m.insert(format!("{mount}/"), kv);
+    m.insert("database/".into(), db);
+    // older clients read the mounts at the top level, newer ones under `data`
+    let mut body = m.clone();
+    body.insert("data".into(), serde_json::Value::Object(m));
+    body.insert("request_id".into(), json!(ctx.request_id));
+    reply::raw(StatusCode::OK, serde_json::Value::Object(body))
+}
