@@ -275,6 +275,7 @@ async fn exchange(
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             ttl_seconds: 0,
             audience: String::new(),
+            issuer: String::new(),
         })
         .await
         .map(|r| r.into_inner())

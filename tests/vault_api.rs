@@ -558,3 +558,50 @@ listen = "127.0.0.1:0"
     assert_eq!(d.stop(), 0);
     env.assert_logs_free_of(&[v["password"].as_str().unwrap().to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hvac_on_a_kv_v1_mount_and_an_issuer_login_mount() {
+    let pydeps = hvac_path();
+    let env = TestEnv::new();
+    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
+    let key = TestKey::rsa("ci-1");
+    issuer.publish(&key);
+    let disc = issuer.tenant("ci", ISS);
+    env.append_config(&common::issuer::ci_role_config(
+        "https://keygate.vault.test",
+        ISS,
+        &disc,
+        AUD,
+        r#"["read:app/**", "write:app/**", "list:app/**", "delete:app/**"]"#,
+        "",
+    ));
+    env.append_config(
+        "\n[vault_api]\nlisten = \"127.0.0.1:0\"\nkv_mount = \"kv\"\nkv_version = 1\n",
+    );
+    let d = env.start();
+    let addr = vault_addr(&d);
+    let out = Command::new("python3")
+        .arg(env!("CARGO_MANIFEST_DIR").to_string() + "/tests/fixtures/vault_hvac_v1.py")
+        .env("PYTHONPATH", &pydeps)
+        .env("VAULT_ADDR", format!("https://{addr}"))
+        .env("VAULT_CACERT", &env.paths.ca)
+        .env("JWT", common::issuer::ci_token(&key, ISS, AUD, None))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hvac script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // `auth/ci/login`: the issuer named `ci` only; another issuer's mount refuses its token
+    assert_eq!(v["login"], "service");
+    assert!(v["other_mount"].is_string(), "{v}");
+    assert_eq!(v["read"]["user"], "u1");
+    // a JSON number is stored as its text and reads back as a string
+    assert_eq!(v["read"]["n"], "7");
+    assert_eq!(v["list"], serde_json::json!(["v1"]));
+    assert_eq!(v["mount"]["version"], "1");
+    assert_eq!(v["after_delete"], "InvalidPath", "{v}");
+    assert_eq!(d.stop(), 0);
+}

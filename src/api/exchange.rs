@@ -134,6 +134,15 @@ impl ExchangeApi {
                 .map(str::to_string);
             c.claims = Some(source_claims(&v.issuer.issuer, &v.claims));
         });
+        if !req.issuer.is_empty() && req.issuer != v.issuer.name {
+            return Err(refuse(
+                Refusal::NoMatchingRole,
+                format!(
+                    "the token is from issuer {:?}, not {:?} as asked",
+                    v.issuer.name, req.issuer
+                ),
+            ));
+        }
         let role = trust
             .role(&req.role)
             .ok_or_else(|| refuse(Refusal::NoMatchingRole, "no role of that name".to_string()))?;

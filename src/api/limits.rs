@@ -233,6 +233,7 @@ impl Bounded for pb::ExchangeRequest {
         l.string("subject_token_type", &self.subject_token_type)?;
         l.role("role", &self.role)?;
         l.string("audience", &self.audience)?;
+        l.role("issuer", &self.issuer)?;
         l.count("scopes", "max_scopes", self.scopes.len(), l.max_scopes)?;
         for s in &self.scopes {
             l.len("a scope", "max_scope_bytes", s.len(), l.max_scope_bytes)?;

@@ -576,6 +576,7 @@ pub async fn exchange(
             scopes: scopes.to_vec(),
             ttl_seconds: ttl.unwrap_or(0),
             audience: String::new(),
+            issuer: String::new(),
         })
         .await
         .map_err(|s| {

@@ -6,10 +6,13 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{json, Map, Value};
 
+/// Login mounts that take a token of any configured issuer (the role decides which it accepts);
+/// any other mount name is an issuer's `name`, and takes only that issuer's tokens.
+const ANY_ISSUER_MOUNTS: &[&str] = &["jwt", "oidc", "kubernetes"];
+
 /// `POST /v1/auth/<mount>/login` with `{role, jwt}`: the exchange of a platform token for a
-/// keygate credential, answered as Vault's `auth` block. `jwt`, `oidc` and `kubernetes` (a
-/// service-account token) take any configured issuer; the role decides which it accepts.
-pub async fn login(api: &VaultApi, ctx: &Ctx, _mount: &str, mut body: Body) -> Response {
+/// keygate credential, answered as Vault's `auth` block.
+pub async fn login(api: &VaultApi, ctx: &Ctx, mount: &str, mut body: Body) -> Response {
     body.ignore_unknown(&["role", "jwt"]);
     let (Some(role), Some(jwt)) = (body.str("role"), body.str("jwt")) else {
         return reply::error(StatusCode::BAD_REQUEST, "missing role or jwt");
@@ -18,6 +21,11 @@ pub async fn login(api: &VaultApi, ctx: &Ctx, _mount: &str, mut body: Body) -> R
         subject_token: jwt.to_string(),
         subject_token_type: "urn:ietf:params:oauth:token-type:id_token".into(),
         role: role.to_string(),
+        issuer: if ANY_ISSUER_MOUNTS.contains(&mount) {
+            String::new()
+        } else {
+            mount.to_string()
+        },
         ..Default::default()
     }) {
         Ok(r) => r,
