@@ -39,9 +39,18 @@ pub fn init(dir: &Path, listen: &str) -> Result<DevIssuer, String> {
         let text = std::fs::read_to_string(&meta).map_err(|e| e.to_string())?;
         return serde_json::from_str(&text).map_err(|e| format!("{}: {e}", meta.display()));
     }
-    let addr: std::net::SocketAddr = listen
+    let mut addr: std::net::SocketAddr = listen
         .parse()
         .map_err(|_| format!("--issuer-listen {listen:?} is not an address"))?;
+    if addr.port() == 0 {
+        // the issuer URL is written into the config before the issuer runs: pick a free port
+        // now (tests and a second `keygate dev` beside a running one use this)
+        addr = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("--issuer-listen {listen}: {e}"))?;
+    }
+    let listen = addr.to_string();
+    let listen = listen.as_str();
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).map_err(|e| e.to_string())?;
     crate::fsutil::write_private(&key_path(dir), &kp.serialize_pem()).map_err(|e| e.to_string())?;
     let mut id = [0u8; 4];

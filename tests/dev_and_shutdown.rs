@@ -29,6 +29,9 @@ fn start_dev(dir: &std::path::Path, log: std::path::PathBuf) -> DevRun {
             "127.0.0.1:0",
             "--vault-listen",
             "127.0.0.1:0",
+            // ports of its own: the test passes while a `keygate dev` runs on the defaults
+            "--issuer-listen",
+            "127.0.0.1:0",
         ])
         .env("KEYGATE_LOG", LOG_LEVEL)
         .stdin(Stdio::null())
