@@ -168,7 +168,16 @@ pub async fn serve(
     .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(&d.listen)
         .await
-        .map_err(|e| format!("dev issuer {}: {e}", d.listen))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "the dev issuer's address {} is in use: is another `keygate dev` running? Stop it, \
+                 or start this one in a new directory on ports of its own: keygate dev --dir DIR \
+                 --grpc-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 --issuer-listen 127.0.0.1:0 \
+                 --vault-listen 127.0.0.1:0",
+                d.listen
+            ),
+            _ => format!("dev issuer {}: {e}", d.listen),
+        })?;
     let app = Router::new()
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/.well-known/jwks", get(jwks))

@@ -117,6 +117,28 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
         "{vault}"
     );
     assert_eq!(env.get("VAULT_CACERT"), env.get("KEYGATE_CACERT"));
+    // a second `keygate dev` on the first one's issuer port says what to do, not just "in use"
+    let issuer: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("dev-issuer.json")).unwrap()).unwrap();
+    let second = Command::new(BIN)
+        .args(["dev", "--dir"])
+        .arg(dir.with_extension("second"))
+        .args([
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--vault-listen", "127.0.0.1:0", "--issuer-listen"])
+        .arg(issuer["listen"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        err.contains("is in use: is another `keygate dev` running?"),
+        "{err}"
+    );
     for f in [
         "ca.pem",
         "server.pem",
