@@ -39,6 +39,26 @@ fn hvac_path() -> PathBuf {
     dir
 }
 
+/// A daemon with the `ci` issuer and role (`scopes`) and the Vault API (`vault_api`, TOML).
+async fn start_with_vault(scopes: &str, vault_api: &str) -> (TestEnv, TestIssuer, TestKey, Daemon) {
+    let env = TestEnv::new();
+    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
+    let key = TestKey::rsa("ci-1");
+    issuer.publish(&key);
+    let disc = issuer.tenant("ci", ISS);
+    env.append_config(&common::issuer::ci_role_config(
+        "https://keygate.vault.test",
+        ISS,
+        &disc,
+        AUD,
+        scopes,
+        "",
+    ));
+    env.append_config(vault_api);
+    let d = env.start();
+    (env, issuer, key, d)
+}
+
 /// The Vault API's address, from the daemon's "keygate serving" line.
 fn vault_addr(d: &Daemon) -> String {
     d.log_text()
@@ -56,21 +76,11 @@ fn vault_addr(d: &Daemon) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn hvac_logs_in_with_a_jwt_and_reads_writes_lists_and_deletes_kv_v2_secrets() {
     let pydeps = hvac_path();
-    let env = TestEnv::new();
-    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
-    let key = TestKey::rsa("ci-1");
-    issuer.publish(&key);
-    let disc = issuer.tenant("ci", ISS);
-    env.append_config(&common::issuer::ci_role_config(
-        "https://keygate.vault.test",
-        ISS,
-        &disc,
-        AUD,
+    let (env, _issuer, key, d) = start_with_vault(
         r#"["read:app/**", "write:app/**", "list:app/**", "delete:app/**"]"#,
-        "",
-    ));
-    env.append_config("\n[vault_api]\nlisten = \"127.0.0.1:0\"\n");
-    let d = env.start();
+        "\n[vault_api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
     let addr = vault_addr(&d);
     let mark = marker("vault");
     let out = Command::new("python3")
@@ -240,21 +250,11 @@ async fn hvac_logs_in_with_a_jwt_and_reads_writes_lists_and_deletes_kv_v2_secret
 /// ExternalSecret a KV v2 path); then revoke-self ends the token everywhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn vault_action_and_external_secrets_operator_requests_as_they_send_them() {
-    let env = TestEnv::new();
-    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
-    let key = TestKey::rsa("ci-1");
-    issuer.publish(&key);
-    let disc = issuer.tenant("ci", ISS);
-    env.append_config(&common::issuer::ci_role_config(
-        "https://keygate.vault.test",
-        ISS,
-        &disc,
-        AUD,
+    let (env, _issuer, key, d) = start_with_vault(
         r#"["read:ci/*"]"#,
-        "",
-    ));
-    env.append_config("\n[vault_api]\nlisten = \"127.0.0.1:0\"\n");
-    let d = env.start();
+        "\n[vault_api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
     let mark = marker("npm");
     keygate::pb::secrets_client::SecretsClient::new(env.admin_channel(&d).await)
         .put(keygate::pb::PutSecretRequest {
@@ -424,21 +424,11 @@ fn node_vault_path() -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn node_vault_logs_in_and_reads_writes_lists_and_deletes() {
     let modules = node_vault_path();
-    let env = TestEnv::new();
-    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
-    let key = TestKey::rsa("ci-1");
-    issuer.publish(&key);
-    let disc = issuer.tenant("ci", ISS);
-    env.append_config(&common::issuer::ci_role_config(
-        "https://keygate.vault.test",
-        ISS,
-        &disc,
-        AUD,
+    let (env, _issuer, key, d) = start_with_vault(
         r#"["read:app/**", "write:app/**", "list:app/**", "delete:app/**"]"#,
-        "",
-    ));
-    env.append_config("\n[vault_api]\nlisten = \"127.0.0.1:0\"\n");
-    let d = env.start();
+        "\n[vault_api]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .await;
     let port = vault_addr(&d).rsplit(':').next().unwrap().to_string();
     let mark = marker("node");
     let out = Command::new("node")

@@ -1,5 +1,6 @@
 //! `auth/<mount>/login` (a keygate exchange) and `auth/token/lookup-self` (the credential's
 //! lease).
+use super::reply::{time_or_null as rfc3339, ttl};
 use super::{reply, Body, Ctx, VaultApi};
 use crate::pb;
 use axum::http::StatusCode;
@@ -83,30 +84,13 @@ pub async fn lookup(api: &VaultApi, ctx: &Ctx) -> Result<pb::Lease, Response> {
         })
 }
 
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> Value {
-    t.map(|t| {
-        Value::String(crate::audit::writer::rfc3339(
-            (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000,
-        ))
-    })
-    .unwrap_or(Value::Null)
-}
-
 /// `GET /v1/auth/token/lookup-self`: what External Secrets Operator's store validation reads.
 pub async fn lookup_self(api: &VaultApi, ctx: &Ctx) -> Response {
     let lease = match lookup(api, ctx).await {
         Ok(l) => l,
         Err(r) => return r,
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let ttl = lease
-        .expires_at
-        .as_ref()
-        .map(|t| (t.seconds - now).max(0))
-        .unwrap_or(0);
+    let ttl = ttl(lease.expires_at.as_ref());
     let mut meta = Map::new();
     meta.insert("role".into(), Value::String(lease.role.clone()));
     meta.insert("subject".into(), Value::String(lease.subject.clone()));

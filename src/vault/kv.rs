@@ -3,6 +3,7 @@
 //! under the mount is keygate's path: `secret/data/prod/api` is `prod/api`. Values are strings
 //! (keygate fields are bytes: a value that is not UTF-8 reads back as base64 with a warning;
 //! a non-string JSON value is stored as its JSON text).
+use super::reply::time;
 use super::{reply, Body, Ctx, Op, VaultApi};
 use crate::pb;
 use axum::http::StatusCode;
@@ -57,15 +58,6 @@ pub async fn route(
         }
         _ => reply::error(StatusCode::NOT_FOUND, "no handler for route"),
     }
-}
-
-fn time(t: Option<&prost_types::Timestamp>) -> String {
-    t.map(|t| {
-        crate::audit::writer::rfc3339(
-            (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000,
-        )
-    })
-    .unwrap_or_default()
 }
 
 fn version_metadata(v: Option<&pb::VersionMetadata>, custom: &HashMap<String, String>) -> Value {

@@ -1,30 +1,11 @@
 //! `database/creds/<role>` (a dynamic PostgreSQL user behind a lease) and `sys/leases/renew|
 //! revoke|lookup`. Lease ids are keygate's (`db:<role>/<user>`), opaque to clients.
+use super::reply::{time_or_null as rfc3339, ttl};
 use super::{reply, Body, Ctx, VaultApi};
 use crate::pb;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::json;
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn ttl(t: Option<&prost_types::Timestamp>) -> u64 {
-    t.map(|t| (t.seconds - now()).max(0) as u64).unwrap_or(0)
-}
-
-fn rfc3339(t: Option<&prost_types::Timestamp>) -> serde_json::Value {
-    t.map(|t| {
-        serde_json::Value::String(crate::audit::writer::rfc3339(
-            (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000,
-        ))
-    })
-    .unwrap_or(serde_json::Value::Null)
-}
 
 /// `GET /v1/database/creds/<role>`: `DatabaseCredentials.Generate`.
 pub async fn creds(api: &VaultApi, ctx: &Ctx, role: &str) -> Response {

@@ -110,3 +110,30 @@ pub fn raw(status: StatusCode, body: Value) -> Response {
     )
         .into_response()
 }
+
+/// A protobuf time as Vault's RFC 3339 text (`""` when absent).
+pub fn time(t: Option<&prost_types::Timestamp>) -> String {
+    t.map(|t| {
+        crate::audit::writer::rfc3339(
+            (t.seconds.max(0) as u64) * 1000 + (t.nanos.max(0) as u64) / 1_000_000,
+        )
+    })
+    .unwrap_or_default()
+}
+
+/// A protobuf time as RFC 3339, or JSON null when absent.
+pub fn time_or_null(t: Option<&prost_types::Timestamp>) -> Value {
+    match t {
+        Some(_) => Value::String(time(t)),
+        None => Value::Null,
+    }
+}
+
+/// Seconds from now until `t` (0 when past or absent).
+pub fn ttl(t: Option<&prost_types::Timestamp>) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    t.map(|t| (t.seconds - now).max(0) as u64).unwrap_or(0)
+}
