@@ -285,6 +285,16 @@ fn dev_starts_seeds_reuses_and_stops_cleanly() {
         .status()
         .unwrap();
     assert_eq!(run.child.wait().unwrap().code(), Some(0));
+    // its text log, written to a pipe, carries no terminal colour codes
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(logs.join("dev1.log")).map_or(true, |m| m.len() < 100)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read(logs.join("dev1.log")).unwrap();
+    assert!(text.len() > 100, "the dev log was written");
+    assert!(!text.contains(&0x1b), "ANSI escape codes in a log file");
 
     // Re-running reuses the directory and its data: same CA, same secret, not re-seeded.
     let ca_before = std::fs::read(dir.join("ca.pem")).unwrap();
