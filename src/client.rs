@@ -66,10 +66,13 @@ pub async fn connect(conn: &Conn) -> anyhow::Result<Failover> {
             .context("TLS configuration")?;
         let ch = if addrs.len() == 1 {
             // one address: say at once why it cannot be reached
-            endpoint
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {addr}"))?
+            // the cause in one line: tonic and hyper wrap the same failure several times
+            endpoint.connect().await.map_err(|e| {
+                anyhow!(
+                    "cannot connect to {addr}: {}",
+                    crate::error_chain::error_chain(&e)
+                )
+            })?
         } else {
             endpoint.connect_lazy()
         };

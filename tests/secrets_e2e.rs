@@ -375,3 +375,31 @@ async fn health_reflection_metrics_and_readiness() {
     assert_eq!(https_get(&env, d.http, "/nope").await.0, 404);
     assert_eq!(d.stop(), 0);
 }
+
+#[test]
+fn an_unreachable_daemon_is_named_once_in_plain_words() {
+    let env = TestEnv::new();
+    // a port nobody listens on
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(BIN)
+        .args(["get", "app/x", "--addr"])
+        .arg(format!("https://127.0.0.1:{port}"))
+        .arg("--cacert")
+        .arg(&env.paths.ca)
+        .env_remove("KEYGATE_CLIENT_CERT")
+        .env_remove("KEYGATE_CLIENT_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot connect to https://127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("Connection refused"), "{err}");
+    assert_eq!(err.matches("tcp connect error").count(), 1, "{err}");
+}
