@@ -182,3 +182,42 @@ async fn a_descriptor_flood_neither_spins_the_accept_loop_nor_locks_clients_out(
     drop(socks);
     assert_eq!(d.stop(), 0);
 }
+
+/// The Vault-compatible API's listener is the same bounded accept loop: its silent sockets are
+/// dropped after the configured handshake timeout too, and it still serves meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_vault_api_listener_drops_silent_sockets_after_the_handshake_timeout() {
+    let env = TestEnv::new();
+    with_server_settings(&env, &format!("handshake_timeout_secs = {HANDSHAKE_SECS}"));
+    env.append_config("\n[vault_api]\nlisten = \"127.0.0.1:0\"\n");
+    let d = env.start();
+    let vault: std::net::SocketAddr = d
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("keygate serving"))
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["vault"].as_str().and_then(|a| a.parse().ok()))
+        .expect("the Vault API address in the serving line");
+    let started = Instant::now();
+    let mut socks = Vec::new();
+    for _ in 0..500 {
+        socks.push(TcpStream::connect(vault).await.unwrap());
+    }
+    let opened = started.elapsed();
+    // served meanwhile
+    let (status, body) = https_get(&env, vault, "/v1/sys/health").await;
+    assert_eq!(status, 200, "{body}");
+    let mut latest = Duration::ZERO;
+    for s in socks {
+        let t = closed_after(s, started, Duration::from_secs(HANDSHAKE_SECS + 10))
+            .await
+            .expect("a silent socket was held past the handshake timeout");
+        latest = latest.max(t);
+    }
+    println!("500 silent sockets on the Vault API, all dropped by {latest:?}");
+    assert!(
+        latest < opened + Duration::from_secs(HANDSHAKE_SECS + 3),
+        "{latest:?}"
+    );
+    assert_eq!(d.stop(), 0);
+}

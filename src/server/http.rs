@@ -187,6 +187,52 @@ pub async fn serve_router(
     conns.abort_all();
 }
 
+/// Serves `app` on connections from [`super::listener::incoming`] (at most `max_connections`,
+/// handshake and idle timeouts) until `shutdown`, each request carrying its connection's
+/// client certificate and peer as [`crate::api::layer::Translated`] for `api`: what an API
+/// translated into gRPC in process (the Vault-compatible API) authenticates and audits with.
+pub async fn serve_translated(
+    mut incoming: tokio_stream::wrappers::ReceiverStream<std::io::Result<super::listener::Conn>>,
+    app: Router,
+    api: &'static str,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use tokio_stream::StreamExt;
+    use tonic::transport::server::Connected;
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            c = incoming.next() => c,
+        };
+        let conn = match next {
+            None => break,
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "connection failed before serving");
+                continue;
+            }
+            Some(Ok(c)) => c,
+        };
+        let info = conn.connect_info();
+        let translated = crate::api::layer::Translated {
+            api,
+            cert_subject: info
+                .peer_certs()
+                .and_then(|c| c.first().and_then(crate::tls::cert_subject)),
+            peer: info.get_ref().remote_addr(),
+        };
+        let app = app.clone().layer(axum::Extension(translated));
+        conns.spawn(async move {
+            let svc = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(conn), svc)
+                .await;
+        });
+    }
+    conns.abort_all();
+}
+
 /// What a replica serves while it waits for its database at start: every gRPC call answers
 /// UNAVAILABLE (clients with several addresses move on), `/healthz` 200 (the process is alive),
 /// `/readyz` and everything else 503.

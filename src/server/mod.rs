@@ -676,9 +676,23 @@ impl Daemon {
                     shutdown_rx.clone(),
                 ));
                 tracing::info!(vault_api = %bound, kv_mount = %v.kv_mount, "Vault-compatible HTTP API listening");
+                // the same bounded accept loop as the gRPC listener: connection cap, handshake
+                // and idle timeouts against slow, silent and too many peers
+                let incoming = listener::incoming(
+                    l,
+                    tls,
+                    srv.connections.clone(),
+                    conn_stats.clone(),
+                    shutdown_rx.clone(),
+                );
                 Some((
                     bound,
-                    tokio::spawn(crate::vault::serve(l, tls, api, shutdown_rx.clone())),
+                    tokio::spawn(http::serve_translated(
+                        incoming,
+                        crate::vault::router(api),
+                        "vault",
+                        shutdown_rx.clone(),
+                    )),
                 ))
             }
             None => None,

@@ -16,12 +16,8 @@ use crate::config::VaultApiConfig;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// The gRPC services, in process, behind the RPC layer.
@@ -269,64 +265,14 @@ async fn handle(State(api): State<Arc<VaultApi>>, req: Request) -> Response {
     }
 }
 
-/// Serves the API over TLS on `listener` until `shutdown`: HTTP/1.1 and HTTP/2 by ALPN, each
-/// connection's verified client certificate carried to the RPC layer with its requests.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    api: Arc<VaultApi>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let app = axum::Router::new()
+/// The API's router. Each connection's requests must carry a [`Translated`] extension (its
+/// client certificate and peer): `server::http::serve_translated` serves it that way, on the
+/// bounded accept loop every keygate listener uses.
+pub fn router(api: Arc<VaultApi>) -> axum::Router {
+    axum::Router::new()
         .fallback(handle)
-        .with_state(api.clone())
+        .with_state(api)
         .method_not_allowed_fallback(|| async {
             reply::error(StatusCode::METHOD_NOT_ALLOWED, "unsupported operation")
-        });
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            a = listener.accept() => a,
-        };
-        let (tcp, peer): (_, SocketAddr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "vault api accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        conns.spawn(async move {
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "vault api tls handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-            let cert_subject = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first().and_then(crate::tls::cert_subject));
-            let conn = Translated {
-                api: "vault",
-                cert_subject,
-                peer: Some(peer),
-            };
-            let app = app.layer(axum::Extension(conn));
-            let svc = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
-    }
-    conns.abort_all();
+        })
 }
