@@ -1237,6 +1237,15 @@ fn parse_identity(
                 format!("role name {:?} is empty or used twice", r.name),
             ));
         }
+        if r.name.starts_with('_') {
+            return Err(e(
+                "name",
+                format!(
+                    "role name {:?}: names starting with `_` are keygate's own (admin tokens use `_admin-cert`)",
+                    r.name
+                ),
+            ));
+        }
         let Some(iss) = issuers.iter().find(|x| x.name == r.issuer) else {
             return Err(e(
                 "issuer",

@@ -360,6 +360,11 @@ fn identity_config_refusals() {
             &["key `roles[0].issuer`", "no [[issuers]] entry is named \"nope\""],
         ),
         (
+            "role name in keygate's own namespace",
+            format!("{gh}\n[[roles]]\nname = \"_admin-cert\"\nissuer = \"gh\"\nclaims = {{ repository_id = 1 }}\nscopes = [\"read:a/*\"]\n"),
+            &["key `roles[0].name`", "starting with `_`"],
+        ),
+        (
             "bad scope",
             format!("{gh}\n[[roles]]\nname = \"r\"\nissuer = \"gh\"\nclaims = {{ repository_id = 1 }}\nscopes = [\"fly:a/*\"]\n"),
             &["key `roles[0].scopes`", "unknown capability"],

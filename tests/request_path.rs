@@ -1015,6 +1015,11 @@ max_ttl = "1m"
             pb::BackupRequest {}.encode_to_vec(),
             false,
         ),
+        (
+            "keygate.v1.Admin/IssueAdminToken",
+            pb::IssueAdminTokenRequest { ttl_seconds: 60 }.encode_to_vec(),
+            false,
+        ),
         // last: revoking its own lease also drops the database user it generated
         (
             "keygate.v1.Leases/Revoke",

@@ -328,6 +328,22 @@ async fn vault_action_and_external_secrets_operator_requests_as_they_send_them()
     .await;
     assert_eq!(status, 200, "{secret}");
     assert_eq!(secret["data"]["data"]["npmToken"], mark.as_str());
+    // a namespace keygate does not have is refused, never answered from the root one
+    let (status, refused) = json(
+        http.get(format!("{base}/v1/secret/data/ci/npm"))
+            .header("x-vault-token", &token)
+            .header("x-vault-namespace", "team-a/")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("namespaces"));
+    assert!(!refused.to_string().contains(mark.as_str()));
 
     // External Secrets Operator: login, then the store's validation and the ExternalSecret read
     let (status, me) = json(
@@ -594,4 +610,130 @@ async fn hvac_on_a_kv_v1_mount_and_an_issuer_login_mount() {
     assert_eq!(v["mount"]["version"], "1");
     assert_eq!(v["after_delete"], "InvalidPath", "{v}");
     assert_eq!(d.stop(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hvac_renews_its_token_past_its_first_expiry_and_an_admin_certificate_logs_in() {
+    let pydeps = hvac_path();
+    let env = TestEnv::new();
+    let issuer = TestIssuer::start(&env.paths.dir, "vault").await;
+    let key = TestKey::rsa("ci-1");
+    issuer.publish(&key);
+    let disc = issuer.tenant("ci", ISS);
+    // a 3 s credential that renewals may extend to two minutes
+    let role = common::issuer::ci_role_config(
+        "https://keygate.vault.test",
+        ISS,
+        &disc,
+        AUD,
+        r#"["read:app/**", "write:app/**"]"#,
+        "",
+    )
+    .replace(
+        "ttl_secs = 600\nmax_ttl_secs = 600",
+        "ttl_secs = 3\nmax_ttl_secs = 120",
+    );
+    assert!(role.contains("ttl_secs = 3\n"));
+    env.append_config(&role);
+    env.append_config("\n[vault_api]\nlisten = \"127.0.0.1:0\"\n");
+    let d = env.start();
+    let addr = vault_addr(&d);
+    let out = Command::new("python3")
+        .arg(env!("CARGO_MANIFEST_DIR").to_string() + "/tests/fixtures/vault_hvac_renew.py")
+        .env("PYTHONPATH", &pydeps)
+        .env("VAULT_ADDR", format!("https://{addr}"))
+        .env("VAULT_CACERT", &env.paths.ca)
+        .env("JWT", common::issuer::ci_token(&key, ISS, AUD, None))
+        .env("ADMIN_CERT", &env.paths.admin_cert)
+        .env("ADMIN_KEY", &env.paths.admin_key)
+        .env("WAIT", "4.5")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "hvac script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("hvac saw: {v:#}");
+    assert_eq!(v["login_ttl"], 3);
+    // metadata: the role and the source identity's key claims, all strings
+    let meta = v["login_metadata"].as_object().unwrap();
+    assert_eq!(meta["role"], "ci");
+    assert_eq!(meta["iss"], ISS);
+    assert!(meta.values().all(Value::is_string), "{meta:?}");
+    // renew-self answers with the same token and the renewed lease
+    let renewed = &v["renew_self"];
+    let token = renewed["client_token"].as_str().unwrap();
+    assert!(token.starts_with("ey"));
+    assert!(
+        (50..=60).contains(&renewed["lease_duration"].as_u64().unwrap()),
+        "{renewed}"
+    );
+    assert_eq!(renewed["renewable"], true);
+    // 4.5 s after a 3 s login the same token writes and reads
+    assert_eq!(v["read_after_first_expiry"], "after-renew");
+    assert!(v["lookup_by_value"]["ttl"].as_u64().unwrap() > 40);
+    assert!((80..=90).contains(&v["renew_by_value"].as_u64().unwrap()));
+    assert_eq!(v["after_revoke_by_value"]["type"], "Forbidden", "{v}");
+
+    // cert auth: a short-lived admin credential that works without the certificate
+    let cert = &v["cert_login"];
+    let admin_token = cert["client_token"].as_str().unwrap();
+    assert!(admin_token.starts_with("ey"));
+    assert_eq!(cert["lease_duration"], 900);
+    assert_eq!(cert["renewable"], false);
+    assert!(cert["policies"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("admin:**")));
+    assert_eq!(v["admin_token_read"], "after-renew");
+    assert!(v["admin_token_mounts"]
+        .as_array()
+        .unwrap()
+        .contains(&Value::from("secret/")));
+    assert_eq!(v["admin_token_self"]["meta"]["role"], "_admin-cert");
+    assert_eq!(
+        v["cert_login_without_cert"]["type"], "InvalidRequest",
+        "{v}"
+    );
+
+    // the admin credential cannot mint another (only the certificate can), over gRPC too
+    let anon = env.channel_as(&d, None).await;
+    let mut r = tonic::Request::new(keygate::pb::IssueAdminTokenRequest::default());
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {admin_token}").parse().unwrap(),
+    );
+    let st = keygate::pb::admin_client::AdminClient::new(anon)
+        .issue_admin_token(r)
+        .await
+        .unwrap_err();
+    assert_eq!(st.code(), tonic::Code::PermissionDenied);
+    assert_eq!(d.stop(), 0);
+
+    // audited like the gRPC calls, marked as Vault's; no token in any log
+    let recs = audit_records(&env);
+    let issued: Vec<_> = recs
+        .iter()
+        .filter(|r| {
+            r.op.as_deref() == Some("keygate.v1.Admin/IssueAdminToken")
+                && r.decision.as_deref() == Some("allow")
+        })
+        .collect();
+    assert_eq!(issued.len(), 1);
+    assert_eq!(issued[0].api.as_deref(), Some("vault"));
+    assert!(recs.iter().any(|r| {
+        r.op.as_deref() == Some("keygate.v1.Admin/IssueAdminToken")
+            && r.decision.as_deref() == Some("deny")
+    }));
+    let renews = recs
+        .iter()
+        .filter(|r| {
+            r.op.as_deref() == Some("keygate.v1.Leases/Renew")
+                && r.decision.as_deref() == Some("allow")
+        })
+        .count();
+    assert_eq!(renews, 2);
+    env.assert_logs_free_of(&[token.to_string(), admin_token.to_string()]);
 }

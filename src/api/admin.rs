@@ -288,6 +288,16 @@ impl pb::admin_server::Admin for AdminApi {
         scope.finish(result)
     }
 
+    async fn issue_admin_token(
+        &self,
+        request: Request<pb::IssueAdminTokenRequest>,
+    ) -> Result<Response<pb::IssueAdminTokenResponse>, Status> {
+        let scope = RpcScope::of(&request)?;
+        let req = request.into_inner();
+        let result = super::admin_token::issue(&self.state, &scope, req).await;
+        scope.finish(result)
+    }
+
     async fn get_role(
         &self,
         request: Request<pb::GetRoleRequest>,

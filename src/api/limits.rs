@@ -125,7 +125,8 @@ no_fields!(
     pb::RotateSigningKeyRequest,
     pb::ListRolesRequest,
     pb::ReloadConfigRequest,
-    pb::ServerInfoRequest
+    pb::ServerInfoRequest,
+    pb::IssueAdminTokenRequest
 );
 
 macro_rules! one_path {

@@ -1,6 +1,7 @@
 //! gRPC handlers. They translate between protobuf and the domain modules and hold no policy.
 //! [`ApiError::to_status`] is the one place that decides what a caller may learn from an error.
 pub mod admin;
+pub mod admin_token;
 pub mod database;
 pub mod exchange;
 pub mod layer;

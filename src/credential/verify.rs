@@ -40,12 +40,12 @@ impl Credentials {
         Ok((*auth).clone())
     }
 
-    /// Expiry and lease: on every call.
+    /// The lease, on every call: a credential lives exactly as long as its lease, so a renewal
+    /// (Vault's `renew-self`) extends the token the caller already holds. Its `exp` is what an
+    /// offline verifier sees; the signing key stays published past any renewal, which is capped
+    /// at the role's max TTL.
     async fn check_live(&self, a: &Authenticated) -> Result<(), CredentialError> {
         let now = self.now();
-        if now >= a.claims.exp {
-            return Err(CredentialError::Expired);
-        }
         let lease = self
             .leases
             .get(&a.claims.lease_id)

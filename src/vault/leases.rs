@@ -37,22 +37,41 @@ fn lease_id<'a>(body: &'a Body, from_path: &'a str) -> Option<&'a str> {
         .or((!from_path.is_empty()).then_some(from_path))
 }
 
+/// Vault's `increment`: seconds as a number or a string, or a duration (`"1h"`); absent = 0
+/// (the lease's default).
+#[allow(clippy::result_large_err)] // the error is the answer, returned at once
+pub fn increment(body: &Body) -> Result<u64, Response> {
+    match body.json.get("increment") {
+        None | Some(serde_json::Value::Null) => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .or_else(|| {
+                v.as_str().and_then(|s| {
+                    s.trim()
+                        .parse()
+                        .ok()
+                        .or_else(|| crate::duration::parse_duration(s).ok())
+                })
+            })
+            .ok_or_else(|| {
+                reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "increment must be a number of seconds or a duration like \"1h\"",
+                )
+            }),
+    }
+}
+
 /// `PUT /v1/sys/leases/renew` `{lease_id, increment}`: `Leases.Renew`.
 pub async fn renew(api: &VaultApi, ctx: &Ctx, mut body: Body, from_path: &str) -> Response {
     body.ignore_unknown(&["lease_id", "increment"]);
     let Some(id) = lease_id(&body, from_path).map(str::to_string) else {
         return reply::error(StatusCode::BAD_REQUEST, "lease_id must be specified");
     };
-    let increment = body
-        .json
-        .get("increment")
-        .and_then(|v| {
-            v.as_u64().or_else(|| {
-                v.as_str()
-                    .and_then(|s| s.trim_end_matches('s').parse().ok())
-            })
-        })
-        .unwrap_or(0);
+    let increment = match increment(&body) {
+        Ok(i) => i,
+        Err(r) => return r,
+    };
     let req = match ctx.request(pb::RenewLeaseRequest {
         lease_id: id.clone(),
         increment_seconds: increment,

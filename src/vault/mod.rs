@@ -40,6 +40,15 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The same caller presenting `token` instead.
+    pub fn with_token(&self, token: Option<String>) -> Ctx {
+        Ctx {
+            conn: self.conn.clone(),
+            token,
+            request_id: self.request_id.clone(),
+        }
+    }
+
     /// `msg` as a gRPC request from this caller: its connection's certificate and address,
     /// its token as the bearer credential.
     // the error is the answer itself, returned at once: boxing it would buy nothing
@@ -188,6 +197,16 @@ async fn handle(State(api): State<Arc<VaultApi>>, req: Request) -> Response {
         "LIST" => Op::List,
         _ => return reply::error(StatusCode::METHOD_NOT_ALLOWED, "unsupported operation"),
     };
+    // a client that thinks it works in a namespace must not be served the root one instead
+    if let Some(ns) = parts.headers.get("x-vault-namespace") {
+        let ns = ns.to_str().unwrap_or("?").trim().trim_matches('/');
+        if !ns.is_empty() && ns != "root" {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "namespaces are not supported: send no X-Vault-Namespace, or an empty one",
+            );
+        }
+    }
     let bytes = match axum::body::to_bytes(body, api.max_body).await {
         Ok(b) => b,
         Err(_) => {
@@ -253,6 +272,20 @@ async fn handle(State(api): State<Arc<VaultApi>>, req: Request) -> Response {
         }
         ["sys", "leases", "lookup"] if op == Op::Write => leases::lookup(&api, &ctx, body).await,
         ["auth", "token", "revoke-self"] if op == Op::Write => auth::revoke_self(&api, &ctx).await,
+        ["auth", "token", "renew-self"] if op == Op::Write => {
+            auth::renew_self(&api, &ctx, body).await
+        }
+        ["auth", "token", which @ ("lookup" | "renew" | "revoke")] if op == Op::Write => {
+            let Some(as_token) = auth::as_body_token(&ctx, &body) else {
+                return reply::error(StatusCode::BAD_REQUEST, "missing token");
+            };
+            match *which {
+                "lookup" => auth::lookup_self(&api, &as_token).await,
+                "renew" => auth::renew_self(&api, &as_token, body).await,
+                _ => auth::revoke_self(&api, &as_token).await,
+            }
+        }
+        ["auth", "cert", "login"] if op == Op::Write => auth::cert_login(&api, &ctx, body).await,
         ["auth", mount, "login"] if op == Op::Write => auth::login(&api, &ctx, mount, body).await,
         [mount, rest @ ..] if *mount == api.cfg.kv_mount => {
             let mut rest = rest.join("/");
