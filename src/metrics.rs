@@ -39,8 +39,9 @@ pub struct Metrics {
     pub store_keys: Gauge,
     /// Store size on disk (set at scrape time).
     pub store_bytes: Gauge,
-    /// Audit lines the optional second sink dropped (set at scrape time).
-    pub audit_sink_dropped: Gauge,
+    /// Audit lines the optional second sink dropped since start (a counter, raised to the
+    /// writer's count at scrape time).
+    pub audit_sink_dropped: Counter,
     /// Config reloads by outcome.
     pub config_reloads: Family<Vec<(String, String)>, Counter>,
     /// Issuer key fetches by issuer and outcome.
@@ -81,7 +82,7 @@ impl Metrics {
         let store_secrets = Gauge::default();
         let store_keys = Gauge::default();
         let store_bytes = Gauge::default();
-        let audit_sink_dropped = Gauge::default();
+        let audit_sink_dropped = Counter::default();
         let grpc_connection_events = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register(
             "grpc_connection_events",
@@ -148,7 +149,7 @@ impl Metrics {
         registry.register("store_keys", "Keys in the store", store_keys.clone());
         registry.register(
             "audit_sink_dropped",
-            "Audit lines the optional second sink dropped",
+            "Audit lines the optional second sink dropped since start",
             audit_sink_dropped.clone(),
         );
         registry.register(

@@ -484,9 +484,14 @@ async fn a_second_sink_gets_the_same_lines_and_a_stalled_one_never_blocks_reques
     let elapsed = started.elapsed();
     let first = rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
     let (_, metrics) = https_get(&env, d.http, "/metrics").await;
+    // a counter (issue 17: it was a gauge)
+    assert!(
+        metrics.contains("# TYPE keygate_audit_sink_dropped counter"),
+        "{metrics}"
+    );
     let dropped: i64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("keygate_audit_sink_dropped "))
+        .find_map(|l| l.strip_prefix("keygate_audit_sink_dropped_total "))
         .unwrap()
         .trim()
         .parse()

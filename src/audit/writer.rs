@@ -42,7 +42,7 @@ pub struct WriterConfig {
 }
 
 /// Where the second copy goes. It never blocks the durable log: a slow or absent reader only
-/// makes it drop lines, counted in `keygate_audit_sink_dropped`.
+/// makes it drop lines, counted in `keygate_audit_sink_dropped_total`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sink {
     /// The daemon's standard output.

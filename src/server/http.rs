@@ -89,10 +89,12 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         s.metrics.store_keys.set(stats.keys as i64);
         s.metrics.store_bytes.set(stats.bytes_on_disk as i64);
     }
-    s.metrics.audit_sink_dropped.set(
+    // monotonic, and concurrent scrapes never add twice
+    s.metrics.audit_sink_dropped.inner().fetch_max(
         s.audit
             .sink_dropped
-            .load(std::sync::atomic::Ordering::Relaxed) as i64,
+            .load(std::sync::atomic::Ordering::Relaxed),
+        std::sync::atomic::Ordering::Relaxed,
     );
     if let Ok(Ok(n)) = tokio::time::timeout(READY_PROBE, s.store.count()).await {
         s.metrics.store_secrets.set(n as i64);
