@@ -675,6 +675,9 @@ async fn hvac_renews_its_token_past_its_first_expiry_and_an_admin_certificate_lo
     assert_eq!(v["read_after_first_expiry"], "after-renew");
     assert!(v["lookup_by_value"]["ttl"].as_u64().unwrap() > 40);
     assert!((80..=90).contains(&v["renew_by_value"].as_u64().unwrap()));
+    // u64::MAX seconds: capped at max_ttl (120 s from login), the daemon unharmed
+    let huge = v["renew_huge"].as_u64().unwrap();
+    assert!((100..=120).contains(&huge), "{huge}");
     assert_eq!(v["after_revoke_by_value"]["type"], "Forbidden", "{v}");
 
     // cert auth: a short-lived admin credential that works without the certificate
@@ -734,6 +737,6 @@ async fn hvac_renews_its_token_past_its_first_expiry_and_an_admin_certificate_lo
                 && r.decision.as_deref() == Some("allow")
         })
         .count();
-    assert_eq!(renews, 2);
+    assert_eq!(renews, 3, "renew-self, by value, the huge increment");
     env.assert_logs_free_of(&[token.to_string(), admin_token.to_string()]);
 }

@@ -439,7 +439,10 @@ impl LeaseStore {
                 if l.revoked_at.is_some() || now >= l.expires_at {
                     return false;
                 }
-                l.expires_at = (now + increment).min(l.max_expires_at).max(l.expires_at);
+                l.expires_at = now
+                    .saturating_add(increment)
+                    .min(l.max_expires_at)
+                    .max(l.expires_at);
                 true
             },
             |_| None,

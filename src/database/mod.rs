@@ -424,7 +424,8 @@ impl Databases {
             });
         // never past the owning credential's current expiry (it may have been renewed too)
         let (owner_exp, _) = self.owner_life(&db.owner).await?;
-        let new_exp = (now + inc)
+        let new_exp = now
+            .saturating_add(inc)
             .min(lease.max_expires_at)
             .min(owner_exp)
             .max(lease.expires_at);
